@@ -1,0 +1,514 @@
+//! The SecureEnvelope: a verified, zero-copy view ([`Envelope`]) over a
+//! received buffer, and a builder for clients and tests.
+//!
+//! A buffer is verified once by [`Envelope::parse`] (FlatBuffers verifier
+//! with explicit depth, table and size limits, then the semantic checks:
+//! names, flags, metadata bounds). After that every accessor reads the
+//! buffer in place and allocates nothing. The payload is never interpreted.
+
+use core::fmt;
+
+use flatbuffers::{FlatBufferBuilder, InvalidFlatbuffer, VerifierOptions};
+
+use crate::error::ErrorCode;
+use crate::generated::switchboard::v_1 as fb;
+use crate::id::{Destination, DestinationKind, DeviceId, EnvelopeId, IdError, UserId};
+use crate::limits::{Limits, MAX_CONTENT_TYPE_LEN, MAX_ENVELOPE_DEPTH, MAX_METADATA_KEY_LEN, MAX_METADATA_VALUE_LEN};
+
+/// The FlatBuffers file identifier of protocol version 1, at bytes 4..8.
+pub const FILE_IDENTIFIER: &[u8; 4] = b"SBv1";
+
+/// Smallest possible envelope: root offset, identifier, and a table.
+const MIN_ENVELOPE_LEN: usize = 8;
+
+/// Per-envelope delivery flags (`RoutingHeader.flags`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct EnvelopeFlags(u16);
+
+impl EnvelopeFlags {
+    /// Store in the recipient's mailbox if no connection of theirs is online.
+    pub const PERSIST_IF_OFFLINE: Self = Self(1 << 0);
+    /// Never trigger a push notification for this envelope.
+    pub const NO_PUSH: Self = Self(1 << 1);
+    /// The sender wants to learn when a recipient acknowledged delivery.
+    pub const ACK_REQUESTED: Self = Self(1 << 2);
+    /// Also deliver to the sender's other connections (and, for rooms, to
+    /// the sending connection itself).
+    pub const ECHO_TO_SENDER: Self = Self(1 << 3);
+    /// Every defined bit; the others must be zero.
+    pub const ALL: Self = Self(0b1111);
+    /// Names of the flags, in bit order, for text forms.
+    pub const NAMES: [(&'static str, Self); 4] = [
+        ("persist-if-offline", Self::PERSIST_IF_OFFLINE),
+        ("no-push", Self::NO_PUSH),
+        ("ack-requested", Self::ACK_REQUESTED),
+        ("echo-to-sender", Self::ECHO_TO_SENDER),
+    ];
+
+    /// No flags.
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+
+    /// Flags from their wire bits; `None` if an undefined bit is set.
+    pub const fn from_bits(bits: u16) -> Option<Self> {
+        if bits & !Self::ALL.0 == 0 {
+            Some(Self(bits))
+        } else {
+            None
+        }
+    }
+
+    /// The wire bits.
+    pub const fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// True if every bit of `other` is set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Looks a flag up by its text name (`persist-if-offline`, …).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|&(_, f)| f)
+    }
+
+    /// Names of the set flags, in bit order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES
+            .into_iter()
+            .filter(move |(_, f)| self.contains(*f))
+            .map(|(n, _)| n)
+    }
+}
+
+impl core::ops::BitOr for EnvelopeFlags {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for EnvelopeFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+/// Why an envelope was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Larger than the configured maximum.
+    #[error("envelope is {len} bytes, more than the limit of {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Too short to be an envelope.
+    #[error("envelope is {len} bytes, too short to be a SecureEnvelope")]
+    Truncated {
+        /// Its length.
+        len: usize,
+    },
+    /// The file identifier is not `SBv1`.
+    #[error("not a version 1 SecureEnvelope (file identifier {found:02x?}, expected \"SBv1\")")]
+    UnsupportedVersion {
+        /// The four bytes found at offset 4.
+        found: [u8; 4],
+    },
+    /// The FlatBuffers verifier rejected the buffer.
+    #[error("envelope failed verification: {0}")]
+    Invalid(InvalidFlatbuffer),
+    /// The envelope id is all zeros.
+    #[error("envelope id is nil")]
+    NilId,
+    /// The sender user id is not valid.
+    #[error("sender: {0}")]
+    Sender(IdError),
+    /// The sender device id is not valid.
+    #[error("sender device: {0}")]
+    SenderDevice(IdError),
+    /// The destination kind is not one this version knows.
+    #[error("unknown destination kind {0}")]
+    UnknownDestinationKind(u8),
+    /// The destination name is not valid.
+    #[error("destination: {0}")]
+    Destination(IdError),
+    /// Undefined flag bits are set.
+    #[error("undefined flag bits {0:#06x}")]
+    ReservedFlags(u16),
+    /// The content type is too long or not printable ASCII.
+    #[error("content type must be 1..={MAX_CONTENT_TYPE_LEN} printable ASCII bytes")]
+    ContentType,
+    /// More metadata entries than allowed.
+    #[error("{count} metadata entries, more than the limit of {max}")]
+    TooManyMetadata {
+        /// How many.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A metadata key is invalid, too long or repeated, or a value too long.
+    #[error("metadata entry {index}: {reason}")]
+    Metadata {
+        /// Index of the entry.
+        index: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+impl EnvelopeError {
+    /// The protocol error code reported to the client.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TooLarge { .. } => ErrorCode::EnvelopeTooLarge,
+            Self::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            Self::UnknownDestinationKind(_) | Self::Destination(_) => ErrorCode::InvalidDestination,
+            _ => ErrorCode::InvalidEnvelope,
+        }
+    }
+}
+
+/// A verified SecureEnvelope, read in place.
+#[derive(Clone, Copy)]
+pub struct Envelope<'a> {
+    bytes: &'a [u8],
+    table: fb::SecureEnvelope<'a>,
+    header: &'a fb::RoutingHeader,
+}
+
+impl<'a> Envelope<'a> {
+    /// Verifies `bytes` as a SecureEnvelope under `limits`.
+    ///
+    /// This is the only place an envelope is checked: the verifier bounds
+    /// depth, table count and apparent size; then ids, flags, content type
+    /// and metadata are validated. Allocates only on the error path.
+    pub fn parse(bytes: &'a [u8], limits: &Limits) -> Result<Self, EnvelopeError> {
+        if bytes.len() > limits.max_envelope_len {
+            return Err(EnvelopeError::TooLarge {
+                len: bytes.len(),
+                max: limits.max_envelope_len,
+            });
+        }
+        if bytes.len() < MIN_ENVELOPE_LEN {
+            return Err(EnvelopeError::Truncated { len: bytes.len() });
+        }
+        let found = [bytes[4], bytes[5], bytes[6], bytes[7]];
+        if &found != FILE_IDENTIFIER {
+            return Err(EnvelopeError::UnsupportedVersion { found });
+        }
+        let opts = VerifierOptions {
+            max_depth: MAX_ENVELOPE_DEPTH,
+            // The root table plus one table per metadata entry; a buffer
+            // with more fails verification before it is walked further.
+            max_tables: 1 + limits.max_metadata_entries,
+            max_apparent_size: limits.max_envelope_len,
+            ignore_missing_null_terminator: false,
+        };
+        let table = fb::root_as_secure_envelope_with_opts(&opts, bytes).map_err(EnvelopeError::Invalid)?;
+        let header = table.header();
+        let env = Self { bytes, table, header };
+        env.check(limits)?;
+        Ok(env)
+    }
+
+    fn check(&self, limits: &Limits) -> Result<(), EnvelopeError> {
+        if self.id().is_nil() {
+            return Err(EnvelopeError::NilId);
+        }
+        UserId::parse(self.table.sender_user()).map_err(EnvelopeError::Sender)?;
+        if let Some(d) = self.table.sender_device() {
+            DeviceId::parse(d).map_err(EnvelopeError::SenderDevice)?;
+        }
+        let kind = self.header.destination_kind().0;
+        let kind = DestinationKind::from_wire(kind).ok_or(EnvelopeError::UnknownDestinationKind(kind))?;
+        Destination::new(kind, self.table.destination()).map_err(EnvelopeError::Destination)?;
+        let flags = self.header.flags();
+        if EnvelopeFlags::from_bits(flags).is_none() {
+            return Err(EnvelopeError::ReservedFlags(flags & !EnvelopeFlags::ALL.bits()));
+        }
+        if let Some(ct) = self.table.content_type() {
+            if ct.is_empty() || ct.len() > MAX_CONTENT_TYPE_LEN || !ct.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(EnvelopeError::ContentType);
+            }
+        }
+        if let Some(md) = self.table.metadata() {
+            if md.len() > limits.max_metadata_entries {
+                return Err(EnvelopeError::TooManyMetadata {
+                    count: md.len(),
+                    max: limits.max_metadata_entries,
+                });
+            }
+            for (index, kv) in md.iter().enumerate() {
+                let key = kv.key();
+                let fail = |reason| Err(EnvelopeError::Metadata { index, reason });
+                if key.is_empty() || key.len() > MAX_METADATA_KEY_LEN {
+                    return fail("key must be 1..=64 bytes");
+                }
+                if UserId::parse(key).is_err() {
+                    return fail("key holds a character outside [A-Za-z0-9-_.@~=:]");
+                }
+                if kv.value().len() > MAX_METADATA_VALUE_LEN {
+                    return fail("value is longer than 256 bytes");
+                }
+                if md.iter().take(index).any(|prev| prev.key() == key) {
+                    return fail("key is repeated");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole envelope, exactly as received: forward these bytes.
+    pub const fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The envelope id.
+    pub fn id(&self) -> EnvelopeId {
+        let mut id = [0; 16];
+        id.copy_from_slice(&self.header.0[..16]);
+        EnvelopeId(id)
+    }
+
+    /// The sender's user id (validated at parse).
+    pub fn sender(&self) -> UserId<'a> {
+        UserId::trusted(self.table.sender_user())
+    }
+
+    /// The sender's device id, if given.
+    pub fn sender_device(&self) -> Option<DeviceId<'a>> {
+        self.table.sender_device().map(DeviceId::trusted)
+    }
+
+    /// The destination (validated at parse).
+    pub fn destination(&self) -> Destination<'a> {
+        let name = self.table.destination();
+        match self.header.destination_kind().0 {
+            0 => Destination::User(UserId::trusted(name)),
+            1 => Destination::Room(crate::id::RoomName::trusted(name)),
+            _ => Destination::Service(crate::id::ServiceName::trusted(name)),
+        }
+    }
+
+    /// Creation time set by the sender, ms since the Unix epoch.
+    pub fn created_at_ms(&self) -> u64 {
+        self.header.created_at_ms()
+    }
+
+    /// Lifetime in ms after creation; 0 means "the server's maximum".
+    pub fn ttl_ms(&self) -> u32 {
+        self.header.ttl_ms()
+    }
+
+    /// When the envelope expires (ms since the epoch), given the server's
+    /// maximum ttl, which also caps a larger requested ttl.
+    pub fn expires_at_ms(&self, max_ttl_ms: u32) -> u64 {
+        let ttl = match self.ttl_ms() {
+            0 => max_ttl_ms,
+            t => t.min(max_ttl_ms),
+        };
+        self.created_at_ms().saturating_add(u64::from(ttl))
+    }
+
+    /// True if the envelope has expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64, max_ttl_ms: u32) -> bool {
+        now_ms >= self.expires_at_ms(max_ttl_ms)
+    }
+
+    /// Delivery flags.
+    pub fn flags(&self) -> EnvelopeFlags {
+        EnvelopeFlags(self.header.flags())
+    }
+
+    /// Priority, 0 (lowest) to 255; 128 is normal.
+    pub fn priority(&self) -> u8 {
+        self.header.priority()
+    }
+
+    /// MIME type of the payload, if given.
+    pub fn content_type(&self) -> Option<&'a str> {
+        self.table.content_type()
+    }
+
+    /// Metadata entries in wire order.
+    pub fn metadata(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.table
+            .metadata()
+            .into_iter()
+            .flatten()
+            .map(|kv| (kv.key(), kv.value()))
+    }
+
+    /// The opaque payload.
+    pub fn payload(&self) -> &'a [u8] {
+        self.table.payload().map(|v| v.bytes()).unwrap_or(&[])
+    }
+}
+
+impl fmt::Debug for Envelope<'_> {
+    /// Shows the header only: payloads are never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("id", &self.id())
+            .field("sender", &self.sender())
+            .field("sender_device", &self.sender_device())
+            .field("destination", &self.destination())
+            .field("created_at_ms", &self.created_at_ms())
+            .field("ttl_ms", &self.ttl_ms())
+            .field("flags", &self.flags())
+            .field("priority", &self.priority())
+            .field("payload_len", &self.payload().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds SecureEnvelopes (clients, tests, the load generator).
+#[derive(Debug, Clone)]
+pub struct EnvelopeBuilder<'a> {
+    id: EnvelopeId,
+    sender: UserId<'a>,
+    sender_device: Option<DeviceId<'a>>,
+    destination: Destination<'a>,
+    created_at_ms: u64,
+    ttl_ms: u32,
+    flags: EnvelopeFlags,
+    priority: u8,
+    content_type: Option<&'a str>,
+    metadata: Vec<(&'a str, &'a str)>,
+    payload: &'a [u8],
+}
+
+impl<'a> EnvelopeBuilder<'a> {
+    /// Default priority.
+    pub const NORMAL_PRIORITY: u8 = 128;
+
+    /// Starts an envelope with its required fields.
+    pub fn new(id: EnvelopeId, sender: UserId<'a>, destination: Destination<'a>, created_at_ms: u64) -> Self {
+        Self {
+            id,
+            sender,
+            sender_device: None,
+            destination,
+            created_at_ms,
+            ttl_ms: 0,
+            flags: EnvelopeFlags::empty(),
+            priority: Self::NORMAL_PRIORITY,
+            content_type: None,
+            metadata: Vec::new(),
+            payload: &[],
+        }
+    }
+
+    /// Sets the sender's device id.
+    pub fn sender_device(mut self, device: DeviceId<'a>) -> Self {
+        self.sender_device = Some(device);
+        self
+    }
+
+    /// Sets the ttl in milliseconds (0 = server maximum).
+    pub fn ttl_ms(mut self, ttl_ms: u32) -> Self {
+        self.ttl_ms = ttl_ms;
+        self
+    }
+
+    /// Sets the flags.
+    pub fn flags(mut self, flags: EnvelopeFlags) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// Sets the priority.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the payload's MIME type.
+    pub fn content_type(mut self, content_type: &'a str) -> Self {
+        self.content_type = Some(content_type);
+        self
+    }
+
+    /// Adds a metadata entry.
+    pub fn metadata(mut self, key: &'a str, value: &'a str) -> Self {
+        self.metadata.push((key, value));
+        self
+    }
+
+    /// Sets the opaque payload.
+    pub fn payload(mut self, payload: &'a [u8]) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// Replaces the id (the load generator reuses one builder).
+    pub fn id(mut self, id: EnvelopeId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Builds the envelope and checks it as a server would (default limits).
+    pub fn build(&self) -> Result<Vec<u8>, EnvelopeError> {
+        let mut fbb = FlatBufferBuilder::with_capacity(128 + self.payload.len());
+        let bytes = self.build_into(&mut fbb).to_vec();
+        Envelope::parse(&bytes, &Limits::default())?;
+        Ok(bytes)
+    }
+
+    /// Builds the envelope into a reusable FlatBuffers builder, without the
+    /// semantic checks of [`build`](Self::build); the output is
+    /// deterministic for the same inputs. Resets `fbb` first.
+    pub fn build_into<'f>(&self, fbb: &'f mut FlatBufferBuilder<'_>) -> &'f [u8] {
+        fbb.reset();
+        let payload = fbb.create_vector(self.payload);
+        let metadata = if self.metadata.is_empty() {
+            None
+        } else {
+            let entries: Vec<_> = self
+                .metadata
+                .iter()
+                .map(|(k, v)| {
+                    let key = Some(fbb.create_string(k));
+                    let value = Some(fbb.create_string(v));
+                    fb::KeyValue::create(fbb, &fb::KeyValueArgs { key, value })
+                })
+                .collect();
+            Some(fbb.create_vector(&entries))
+        };
+        let content_type = self.content_type.map(|c| fbb.create_string(c));
+        let destination = Some(fbb.create_string(self.destination.name()));
+        let sender_device = self.sender_device.map(|d| fbb.create_string(d.as_str()));
+        let sender_user = Some(fbb.create_string(self.sender.as_str()));
+        let header = fb::RoutingHeader::new(
+            &self.id.0,
+            self.created_at_ms,
+            self.ttl_ms,
+            self.flags.bits(),
+            self.priority,
+            fb::DestinationKind(self.destination.kind().wire()),
+        );
+        let root = fb::SecureEnvelope::create(
+            fbb,
+            &fb::SecureEnvelopeArgs {
+                header: Some(&header),
+                sender_user,
+                sender_device,
+                destination,
+                content_type,
+                metadata,
+                payload: Some(payload),
+            },
+        );
+        fb::finish_secure_envelope_buffer(fbb, root);
+        fbb.finished_data()
+    }
+}
+
+#[cfg(test)]
+mod tests;

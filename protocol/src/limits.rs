@@ -1,0 +1,62 @@
+//! Size bounds enforced by every decoder. Defaults are the protocol's; a
+//! server may tighten them (never loosen them beyond what clients expect).
+
+/// Default maximum size of one envelope, in bytes (64 KiB).
+pub const MAX_ENVELOPE_LEN: usize = 64 * 1024;
+/// Hard ceiling for a configured [`Limits::max_envelope_len`] (16 MiB).
+pub const MAX_ENVELOPE_LEN_CEILING: usize = 16 * 1024 * 1024;
+/// Maximum metadata entries in one envelope.
+pub const MAX_METADATA_ENTRIES: usize = 16;
+/// Maximum length of a metadata key, in bytes.
+pub const MAX_METADATA_KEY_LEN: usize = 64;
+/// Maximum length of a metadata value, in bytes.
+pub const MAX_METADATA_VALUE_LEN: usize = 256;
+/// Maximum length of a user id, in bytes.
+pub const MAX_USER_ID_LEN: usize = 128;
+/// Maximum length of a device id, in bytes.
+pub const MAX_DEVICE_ID_LEN: usize = 64;
+/// Maximum length of a room or service name, in bytes.
+pub const MAX_DESTINATION_NAME_LEN: usize = 128;
+/// Maximum length of a content type, in bytes.
+pub const MAX_CONTENT_TYPE_LEN: usize = 128;
+/// Maximum length of the reason text in an error frame, in bytes.
+pub const MAX_REASON_LEN: usize = 256;
+/// Maximum nesting depth the envelope verifier accepts (root, metadata
+/// vector, entry).
+pub const MAX_ENVELOPE_DEPTH: usize = 4;
+
+/// Limits applied when decoding envelopes and frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum envelope size in bytes.
+    pub max_envelope_len: usize,
+    /// Maximum number of metadata entries.
+    pub max_metadata_entries: usize,
+}
+
+impl Limits {
+    /// Limits with a different maximum envelope size, clamped to
+    /// [`MAX_ENVELOPE_LEN_CEILING`].
+    pub const fn with_max_envelope_len(mut self, len: usize) -> Self {
+        self.max_envelope_len = if len > MAX_ENVELOPE_LEN_CEILING {
+            MAX_ENVELOPE_LEN_CEILING
+        } else {
+            len
+        };
+        self
+    }
+
+    /// The largest frame that can carry an envelope under these limits.
+    pub const fn max_frame_len(&self) -> usize {
+        crate::frame::ENVELOPE_FRAME_HEADER_LEN + self.max_envelope_len
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_envelope_len: MAX_ENVELOPE_LEN,
+            max_metadata_entries: MAX_METADATA_ENTRIES,
+        }
+    }
+}
