@@ -1,1 +1,167 @@
-fn main() {}
+//! Hot-path costs of the wire protocol: envelope verification with a
+//! header read, and frame encode/decode.
+//!
+//! Run: `cargo bench -p switchboard-bench --bench protocol`.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use switchboard_protocol::frame::{ErrorFrame, deliver_header};
+use switchboard_protocol::{
+    Destination, DeviceId, Envelope, EnvelopeBuilder, EnvelopeId, ErrorCode, Frame, Limits, Outcome, RoomName, UserId,
+};
+
+/// A typical envelope: alice's phone to bob, content type, no metadata,
+/// payload sized so that the whole envelope is `total` bytes.
+fn envelope(total: usize) -> Vec<u8> {
+    let build = |payload_len: usize| {
+        let payload = vec![0x5a; payload_len];
+        EnvelopeBuilder::new(
+            EnvelopeId::new_v7(1_764_000_000_000, &[9; 10]),
+            UserId::parse("alice").expect("valid"),
+            Destination::parse("user:bob").expect("valid"),
+            1_764_000_000_000,
+        )
+        .sender_device(DeviceId::parse("phone-1").expect("valid"))
+        .ttl_ms(60_000)
+        .content_type("application/octet-stream")
+        .payload(&payload)
+        .build()
+        .expect("valid envelope")
+    };
+    let overhead = build(0).len();
+    let env = build(total.saturating_sub(overhead));
+    assert!(env.len().abs_diff(total) < 8, "{} vs {total}", env.len());
+    env
+}
+
+fn verify(c: &mut Criterion) {
+    let mut g = c.benchmark_group("envelope_verify_and_read_header");
+    let limits = Limits::default();
+    for size in [256usize, 16 * 1024] {
+        let bytes = envelope(size);
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &bytes, |b, bytes| {
+            b.iter(|| {
+                let env = Envelope::parse(black_box(bytes), &limits).expect("valid");
+                black_box((
+                    env.id(),
+                    env.sender(),
+                    env.destination(),
+                    env.flags(),
+                    env.ttl_ms(),
+                    env.created_at_ms(),
+                ));
+            })
+        });
+    }
+    g.finish();
+}
+
+fn frames(c: &mut Criterion) {
+    let env = envelope(256);
+    let id = EnvelopeId::new_v7(1, &[1; 10]);
+    let room = RoomName::parse("lobby").expect("valid");
+    let bob = UserId::parse("bob").expect("valid");
+    let cases = [
+        ("send", Frame::Send { envelope: &env }),
+        (
+            "deliver",
+            Frame::Deliver {
+                redelivery: false,
+                envelope: &env,
+            },
+        ),
+        (
+            "accepted",
+            Frame::Accepted {
+                id,
+                outcome: Outcome::Delivered,
+                recipients: 1,
+            },
+        ),
+        ("delivery_ack", Frame::DeliveryAck { id }),
+        (
+            "error",
+            Frame::Error(ErrorFrame {
+                code: ErrorCode::SenderMismatch.code(),
+                envelope_id: Some(id),
+                request_id: None,
+                reason: "sender does not match the token",
+            }),
+        ),
+        ("join_room", Frame::JoinRoom { request_id: 1, room }),
+        ("leave_room", Frame::LeaveRoom { request_id: 1, room }),
+        ("done", Frame::Done { request_id: 1 }),
+        (
+            "presence_query",
+            Frame::PresenceQuery {
+                request_id: 1,
+                user: bob,
+            },
+        ),
+        (
+            "presence_result",
+            Frame::PresenceResult {
+                request_id: 1,
+                user: bob,
+                connections: 2,
+            },
+        ),
+        ("ping", Frame::Ping { nonce: 7 }),
+        ("pong", Frame::Pong { nonce: 7 }),
+    ];
+    let limits = Limits::default();
+    let mut g = c.benchmark_group("frame_decode");
+    g.throughput(Throughput::Elements(1));
+    for (name, frame) in &cases {
+        let bytes = frame.to_vec();
+        g.bench_with_input(BenchmarkId::from_parameter(name), &bytes, |b, bytes| {
+            b.iter(|| black_box(Frame::decode(black_box(bytes), &limits).expect("valid")))
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("frame_encode");
+    g.throughput(Throughput::Elements(1));
+    for (name, frame) in &cases {
+        let mut out = Vec::with_capacity(frame.encoded_len());
+        g.bench_with_input(BenchmarkId::from_parameter(name), frame, |b, frame| {
+            b.iter(|| {
+                out.clear();
+                black_box(frame).encode(&mut out);
+                black_box(&out);
+            })
+        });
+    }
+    // What the server really does per delivery: a 4-byte header, the
+    // envelope bytes untouched.
+    g.bench_function("deliver_header", |b| {
+        b.iter(|| black_box(deliver_header(black_box(false))))
+    });
+    g.finish();
+}
+
+/// The full receive path of one 256-byte send: frame decode, envelope
+/// verify, header read.
+fn receive_path(c: &mut Criterion) {
+    let frame = Frame::Send {
+        envelope: &envelope(256),
+    }
+    .to_vec();
+    let limits = Limits::default();
+    let mut g = c.benchmark_group("receive_send_frame");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("256", |b| {
+        b.iter(|| {
+            let Ok(Frame::Send { envelope }) = Frame::decode(black_box(&frame), &limits) else {
+                unreachable!()
+            };
+            let env = Envelope::parse(envelope, &limits).expect("valid");
+            black_box((env.id(), env.sender(), env.destination()));
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, verify, frames, receive_path);
+criterion_main!(benches);

@@ -115,7 +115,7 @@ pub enum EnvelopeError {
         len: usize,
     },
     /// The file identifier is not `SBv1`.
-    #[error("not a version 1 SecureEnvelope (file identifier {found:02x?}, expected \"SBv1\")")]
+    #[error("not a version 1 SecureEnvelope (file identifier \"{}\", expected \"SBv1\")", .found.escape_ascii())]
     UnsupportedVersion {
         /// The four bytes found at offset 4.
         found: [u8; 4],

@@ -1,0 +1,235 @@
+//! Configuration: the TOML file, environment overrides and where the data
+//! directory is.
+//!
+//! Precedence, highest first: command-line flags, environment variables
+//! (`SWITCHBOARD_*`), the TOML file given with `--config`, embedded
+//! defaults. With no configuration at all everything works on loopback with
+//! a development JWT secret generated once into the data directory, so that
+//! `switchboard serve` and `switchboard token` agree.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable holding the HS256 development secret.
+pub const JWT_SECRET_ENV: &str = "SWITCHBOARD_JWT_SECRET";
+/// File in the data directory holding the generated development secret.
+pub const JWT_SECRET_FILE: &str = "jwt-secret";
+/// Shortest HS256 secret accepted, in bytes (RFC 7518 §3.2: at least the
+/// hash size, 256 bits).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// The TOML configuration file. Unknown keys are errors, so a typo is
+/// reported instead of silently ignored.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory for durable state (mailboxes, the generated dev secret).
+    pub data_dir: Option<PathBuf>,
+    /// Authentication settings.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for development tokens; overrides the generated one.
+    pub jwt_secret: Option<String>,
+    /// `iss` claim written into and required from tokens.
+    pub issuer: String,
+    /// `aud` claim written into and required from tokens.
+    pub audience: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            issuer: "switchboard".into(),
+            audience: "switchboard".into(),
+        }
+    }
+}
+
+/// Errors reading configuration or the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The config file is not valid TOML for [`Config`].
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<toml::de::Error>,
+    },
+    /// The secret is too short.
+    #[error("the JWT secret from {from} is {len} bytes; HS256 needs at least {MIN_SECRET_LEN}")]
+    WeakSecret {
+        /// Where it came from.
+        from: String,
+        /// Its length.
+        len: usize,
+    },
+    /// The data directory or secret file could not be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file, or returns the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(e),
+        })
+    }
+
+    /// The data directory: the file's `data_dir`, else the default.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    /// The HS256 development secret: `SWITCHBOARD_JWT_SECRET`, else
+    /// `auth.jwt_secret`, else the data directory's generated secret
+    /// (created on first use).
+    pub fn jwt_secret(&self) -> Result<Vec<u8>, ConfigError> {
+        let (secret, from) = if let Some(s) = std::env::var_os(JWT_SECRET_ENV) {
+            (s.into_encoded_bytes(), JWT_SECRET_ENV.to_owned())
+        } else if let Some(s) = &self.auth.jwt_secret {
+            (s.clone().into_bytes(), "auth.jwt_secret".to_owned())
+        } else {
+            let path = self.data_dir().join(JWT_SECRET_FILE);
+            (load_or_create_secret(&path)?, path.display().to_string())
+        };
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(ConfigError::WeakSecret {
+                from,
+                len: secret.len(),
+            });
+        }
+        Ok(secret)
+    }
+}
+
+/// `$XDG_DATA_HOME/switchboard`, else `~/.local/share/switchboard`, else
+/// `./switchboard-data`.
+pub fn default_data_dir() -> PathBuf {
+    let non_empty = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(xdg) = non_empty("XDG_DATA_HOME") {
+        xdg.join("switchboard")
+    } else if let Some(home) = non_empty("HOME") {
+        home.join(".local/share/switchboard")
+    } else {
+        PathBuf::from("switchboard-data")
+    }
+}
+
+/// Reads the secret file, or creates it with 32 random bytes (hex, mode
+/// 0600). Creation is exclusive, so two processes starting together agree
+/// on one secret.
+fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let err = |source| ConfigError::DataDir {
+        path: path.into(),
+        source,
+    };
+    match fs::read(path) {
+        Ok(s) => return Ok(trim_newline(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| err(e.into()))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(hex.as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
+    // hard_link fails if another process created the file first; then use theirs.
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(hex.into_bytes()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => fs::read(path).map(trim_newline).map_err(err),
+        Err(e) => Err(err(e)),
+    }
+}
+
+fn trim_newline(mut s: Vec<u8>) -> Vec<u8> {
+    while s.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        s.pop();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.auth.issuer, "switchboard");
+        let c: Config = toml::from_str("data_dir = \"/x\"\n[auth]\naudience = \"a\"\n").unwrap();
+        assert_eq!(c.data_dir(), PathBuf::from("/x"));
+        assert_eq!(c.auth.audience, "a");
+        assert!(toml::from_str::<Config>("datadir = \"/x\"").is_err());
+        assert!(toml::from_str::<Config>("[auth]\nsecret = \"x\"").is_err());
+    }
+
+    #[test]
+    fn secret_is_generated_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/jwt-secret");
+        let a = load_or_create_secret(&path).unwrap();
+        let b = load_or_create_secret(&path).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+        let mode = fs::metadata(&path).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    }
+
+    #[test]
+    fn weak_configured_secret_is_refused() {
+        if std::env::var_os(JWT_SECRET_ENV).is_some() {
+            return; // The environment overrides the file; nothing to test here.
+        }
+        let c = Config {
+            auth: AuthConfig {
+                jwt_secret: Some("short".into()),
+                ..Default::default()
+            },
+            data_dir: None,
+        };
+        assert!(matches!(c.jwt_secret(), Err(ConfigError::WeakSecret { len: 5, .. })));
+    }
+}
