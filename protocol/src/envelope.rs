@@ -30,7 +30,9 @@ impl EnvelopeFlags {
     pub const PERSIST_IF_OFFLINE: Self = Self(1 << 0);
     /// Never trigger a push notification for this envelope.
     pub const NO_PUSH: Self = Self(1 << 1);
-    /// The sender wants to learn when a recipient acknowledged delivery.
+    /// The sender wants a receipt when a recipient acknowledges delivery
+    /// (receipt frames arrive in a later protocol revision; servers accept
+    /// and forward the flag today).
     pub const ACK_REQUESTED: Self = Self(1 << 2);
     /// Also deliver to the sender's other connections (and, for rooms, to
     /// the sending connection itself).
@@ -123,6 +125,9 @@ pub enum EnvelopeError {
     /// The FlatBuffers verifier rejected the buffer.
     #[error("envelope failed verification: {0}")]
     Invalid(InvalidFlatbuffer),
+    /// The routing header struct is not 8-byte aligned in the buffer.
+    #[error("routing header is not 8-byte aligned")]
+    MisalignedHeader,
     /// The envelope id is all zeros.
     #[error("envelope id is nil")]
     NilId,
@@ -212,6 +217,12 @@ impl<'a> Envelope<'a> {
         };
         let table = fb::root_as_secure_envelope_with_opts(&opts, bytes).map_err(EnvelopeError::Invalid)?;
         let header = table.header();
+        // The Rust verifier treats structs as byte arrays and does not check
+        // their alignment; stricter readers (C++, Go) do, so refuse here what
+        // they would refuse after we forwarded it.
+        if (header.0.as_ptr().addr() - bytes.as_ptr().addr()) % 8 != 0 {
+            return Err(EnvelopeError::MisalignedHeader);
+        }
         let env = Self { bytes, table, header };
         env.check(limits)?;
         Ok(env)

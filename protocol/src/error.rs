@@ -51,7 +51,7 @@ pub enum ErrorCode {
     RoomLimit = 403,
     /// Too many connections (globally, per user or per address).
     ConnectionLimit = 404,
-    /// Leave or query of a room the connection is not in.
+    /// Leave of a room the connection is not in.
     NotAMember = 405,
     /// An unexpected server fault.
     Internal = 500,
@@ -137,7 +137,7 @@ impl ErrorCode {
     pub const fn is_retryable(self) -> bool {
         matches!(
             self,
-            Self::RateLimited | Self::Overloaded | Self::Internal | Self::ShuttingDown
+            Self::RateLimited | Self::Overloaded | Self::ConnectionLimit | Self::Internal | Self::ShuttingDown
         )
     }
 
@@ -160,44 +160,45 @@ impl ErrorCode {
         )
     }
 
-    /// The WebSocket close code (RFC 6455 §7.4; 4000–4999 are ours) used
-    /// when this error closes a connection.
+    /// The WebSocket close code used when this error closes a connection:
+    /// the RFC 6455 §7.4 code where one fits, else 4000 + the error code
+    /// (the private-use range), so every close reason is distinct.
     pub const fn close_code(self) -> u16 {
         match self {
             Self::MalformedFrame | Self::UnknownFrameType => 1002,
-            Self::UnsupportedVersion => 4101,
             Self::UnsupportedData => 1003,
             Self::InvalidEnvelope | Self::InvalidDestination => 1007,
+            Self::EnvelopeExpired | Self::NotAMember | Self::SenderMismatch | Self::Forbidden | Self::RoomLimit => 1008,
             Self::FrameTooLarge | Self::EnvelopeTooLarge => 1009,
-            Self::EnvelopeExpired | Self::NotAMember => 1008,
-            Self::SenderMismatch | Self::Forbidden | Self::RoomLimit => 1008,
-            Self::Unauthenticated => 4401,
-            Self::InvalidToken => 4401,
-            Self::TokenExpired => 4402,
-            Self::RateLimited => 4429,
-            Self::Overloaded | Self::ConnectionLimit => 1013,
-            Self::SlowConsumer => 4408,
             Self::Internal => 1011,
+            Self::Overloaded | Self::ConnectionLimit => 1013,
             Self::ShuttingDown => 1001,
-            Self::IdleTimeout | Self::HandshakeTimeout => 4408,
+            Self::UnsupportedVersion
+            | Self::Unauthenticated
+            | Self::InvalidToken
+            | Self::TokenExpired
+            | Self::RateLimited
+            | Self::SlowConsumer
+            | Self::IdleTimeout
+            | Self::HandshakeTimeout => 4000 + self.code(),
         }
     }
 
-    /// The MQTT 5 reason code (OASIS MQTT 5.0 §2.4) used in PUBACK,
-    /// CONNACK or DISCONNECT for this error.
+    /// The MQTT 5 reason code (OASIS MQTT 5.0 §2.4) for this error. Errors
+    /// that keep the connection open ([`is_fatal`](Self::is_fatal) false)
+    /// map to codes valid in PUBACK and SUBACK; fatal ones to codes valid in
+    /// CONNACK (authentication, version) or DISCONNECT.
     pub const fn mqtt_reason(self) -> u8 {
         match self {
             Self::MalformedFrame => 0x81,                                            // Malformed Packet
             Self::UnsupportedVersion => 0x84,                                        // Unsupported Protocol Version
-            Self::UnknownFrameType => 0x82,                                          // Protocol Error
-            Self::FrameTooLarge | Self::EnvelopeTooLarge => 0x95,                    // Packet too large
+            Self::UnknownFrameType | Self::EnvelopeExpired => 0x83,                  // Implementation specific error
+            Self::FrameTooLarge => 0x95,                                             // Packet too large
             Self::UnsupportedData | Self::InvalidEnvelope => 0x99,                   // Payload format invalid
-            Self::EnvelopeExpired => 0x83,                                           // Implementation specific error
             Self::InvalidDestination => 0x90,                                        // Topic Name invalid
             Self::SenderMismatch | Self::Forbidden | Self::NotAMember => 0x87,       // Not authorized
             Self::Unauthenticated | Self::InvalidToken | Self::TokenExpired => 0x86, // Bad user name or password
-            Self::RateLimited => 0x96,                                               // Message rate too high
-            Self::Overloaded => 0x89,                                                // Server busy
+            Self::EnvelopeTooLarge | Self::RateLimited | Self::Overloaded => 0x97,   // Quota exceeded
             Self::SlowConsumer | Self::RoomLimit => 0x97,                            // Quota exceeded
             Self::ConnectionLimit => 0x9F,                                           // Connection rate exceeded
             Self::Internal => 0x80,                                                  // Unspecified error
@@ -254,11 +255,26 @@ mod tests {
         }
         assert_eq!(ErrorCode::ALL.len(), 24);
         assert_eq!(ErrorCode::from_code(0), None);
+        // MQTT 5 §3.4.2.1 and §3.9.3: reason codes a PUBACK or SUBACK may carry.
+        const PUBACK: &[u8] = &[0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
+        for &c in ErrorCode::ALL.iter().filter(|c| !c.is_fatal()) {
+            assert!(
+                PUBACK.contains(&c.mqtt_reason()),
+                "{c} maps to {:#x}, not valid in PUBACK",
+                c.mqtt_reason()
+            );
+        }
+        let mut closes = std::collections::HashMap::new();
+        for &c in ErrorCode::ALL.iter().filter(|c| c.close_code() >= 4000) {
+            assert_eq!(c.close_code(), 4000 + c.code());
+            assert!(closes.insert(c.close_code(), c).is_none());
+        }
         assert_eq!(ErrorCode::from_code(999), None);
         // Spot checks of the published table (docs/protocol.md).
         assert_eq!(ErrorCode::SenderMismatch.code(), 204);
         assert_eq!(ErrorCode::Overloaded.close_code(), 1013);
-        assert_eq!(ErrorCode::RateLimited.mqtt_reason(), 0x96);
+        assert_eq!(ErrorCode::RateLimited.mqtt_reason(), 0x97);
+        assert_eq!(ErrorCode::SlowConsumer.close_code(), 4402);
         assert!(ErrorCode::Overloaded.is_retryable());
         assert!(!ErrorCode::SenderMismatch.is_retryable());
     }

@@ -163,7 +163,7 @@ impl Outcome {
 pub struct ErrorFrame<'a> {
     /// Numeric error code; see [`ErrorFrame::error_code`].
     pub code: u16,
-    /// The envelope the error concerns, if any.
+    /// The envelope the error concerns, if any (never the nil id).
     pub envelope_id: Option<EnvelopeId>,
     /// The request (join/leave/presence) the error answers, if any.
     pub request_id: Option<u32>,
@@ -392,7 +392,9 @@ impl<'a> Frame<'a> {
                 let reason = core::str::from_utf8(reason).map_err(|_| FrameError::BadReason)?;
                 let has_req = flags & ERROR_FLAG_REQUEST_ID != 0;
                 let has_id = flags & ERROR_FLAG_ENVELOPE_ID != 0;
-                if (!has_req && request_id != 0) || (!has_id && !envelope_id.is_nil()) {
+                // Absent fields must be zero; a present envelope id must not be
+                // nil (nil never names an envelope).
+                if (!has_req && request_id != 0) || (has_id == envelope_id.is_nil()) {
                     return Err(FrameError::Reserved(ty));
                 }
                 Self::Error(ErrorFrame {

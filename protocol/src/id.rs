@@ -52,6 +52,18 @@ const fn is_name_byte(b: u8) -> bool {
     matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'@' | b'~' | b'=' | b':')
 }
 
+/// [`is_name_byte`] as a table: names are checked on every envelope, and one
+/// load per byte beats a chain of range comparisons.
+static NAME_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = is_name_byte(b as u8);
+        b += 1;
+    }
+    t
+};
+
 fn check_name(what: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { what });
@@ -63,7 +75,7 @@ fn check_name(what: &'static str, s: &str, max: usize) -> Result<(), IdError> {
             max,
         });
     }
-    match s.bytes().position(|b| !is_name_byte(b)) {
+    match s.bytes().position(|b| !NAME_BYTES[usize::from(b)]) {
         Some(at) => Err(IdError::BadCharacter { what, at }),
         None => Ok(()),
     }

@@ -1,5 +1,6 @@
-//! Size bounds enforced by every decoder. Defaults are the protocol's; a
-//! server may tighten them (never loosen them beyond what clients expect).
+//! Size bounds enforced by every decoder. The defaults are the protocol's;
+//! a server may configure the envelope size limit, up to
+//! [`MAX_ENVELOPE_LEN_CEILING`]. Clients should stay within the defaults.
 
 /// Default maximum size of one envelope, in bytes (64 KiB).
 pub const MAX_ENVELOPE_LEN: usize = 64 * 1024;

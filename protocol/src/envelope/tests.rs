@@ -211,6 +211,24 @@ fn rejects_invalid_names_written_by_a_foreign_encoder() {
 }
 
 #[test]
+fn rejects_a_misaligned_routing_header() {
+    // Shift the table by 4 bytes: offsets stay valid, the struct lands on a
+    // 4-byte boundary. The Rust verifier would accept it.
+    let good = alice_to_bob().build().unwrap();
+    let root = u32::from_le_bytes(good[..4].try_into().unwrap()) as usize;
+    let mut shifted = Vec::with_capacity(good.len() + 4);
+    shifted.extend_from_slice(&((root + 4) as u32).to_le_bytes());
+    shifted.extend_from_slice(&good[4..8]);
+    shifted.extend_from_slice(&[0; 4]);
+    shifted.extend_from_slice(&good[8..]);
+    let err = Envelope::parse(&shifted, &Limits::default());
+    assert!(
+        matches!(err, Err(EnvelopeError::MisalignedHeader | EnvelopeError::Invalid(_))),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn flag_names_round_trip() {
     for (name, flag) in EnvelopeFlags::NAMES {
         assert_eq!(EnvelopeFlags::from_name(name), Some(flag));
