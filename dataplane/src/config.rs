@@ -9,10 +9,13 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::auth::AuthConfig;
 
 /// Environment variable holding the HS256 development secret.
 pub const JWT_SECRET_ENV: &str = "SWITCHBOARD_JWT_SECRET";
@@ -29,28 +32,120 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub struct Config {
     /// Directory for durable state (mailboxes, the generated dev secret).
     pub data_dir: Option<PathBuf>,
+    /// Listeners and sharding.
+    pub server: ServerConfig,
+    /// I/O driver.
+    pub io: IoConfig,
+    /// Bounds on connections, queues and rates.
+    pub limits: LimitsConfig,
     /// Authentication settings.
     pub auth: AuthConfig,
 }
 
-/// `[auth]` section.
+/// `[server]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// HS256 secret for development tokens; overrides the generated one.
-    pub jwt_secret: Option<String>,
-    /// `iss` claim written into and required from tokens.
-    pub issuer: String,
-    /// `aud` claim written into and required from tokens.
-    pub audience: String,
+pub struct ServerConfig {
+    /// Client port: WebSocket (`GET /connect`) and HTTP (`POST /send`).
+    pub listen: SocketAddr,
+    /// Admin port: health, readiness, metrics, presence.
+    pub admin_listen: SocketAddr,
+    /// Number of shards (one thread and reactor each); 0 = one per core.
+    pub shards: usize,
+    /// Pin each shard's thread to a core.
+    pub pin_cores: bool,
+    /// Seed of the hash placing users and rooms on shards.
+    pub placement_seed: u64,
+    /// How long a graceful shutdown may take to flush queues, in ms.
+    pub shutdown_grace_ms: u64,
 }
 
-impl Default for AuthConfig {
+impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            jwt_secret: None,
-            issuer: "switchboard".into(),
-            audience: "switchboard".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            shards: 0,
+            pin_cores: true,
+            placement_seed: 0x5357_4254_4348_4244,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// Which I/O driver the shards use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoDriver {
+    /// io_uring when the kernel allows it, else epoll.
+    #[default]
+    Auto,
+    /// io_uring only; fail at start if unavailable.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+/// `[io]` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IoConfig {
+    /// `auto`, `uring` or `epoll`.
+    pub driver: IoDriver,
+}
+
+/// `[limits]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest envelope accepted, in bytes.
+    pub max_envelope_bytes: usize,
+    /// Longest lifetime of an envelope, in ms (also the ttl of ttl 0).
+    pub max_ttl_ms: u32,
+    /// Connections the whole server accepts.
+    pub max_connections: usize,
+    /// Connections accepted from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Rooms one connection may be in.
+    pub max_rooms_per_connection: usize,
+    /// Bytes queued or unacknowledged per connection before it counts as slow.
+    pub outbound_queue_bytes: usize,
+    /// Frames queued or unacknowledged per connection before it counts as slow.
+    pub outbound_queue_frames: usize,
+    /// How long a connection may stay over its queue bound before it is
+    /// disconnected, in ms.
+    pub slow_consumer_grace_ms: u64,
+    /// Sustained sends per second per connection (0 = unlimited).
+    pub send_rate_per_sec: u32,
+    /// Sends a connection may burst above the rate.
+    pub send_burst: u32,
+    /// Time to finish the HTTP/WebSocket handshake, in ms.
+    pub handshake_timeout_ms: u64,
+    /// A connection silent this long is pinged, in ms.
+    pub ping_interval_ms: u64,
+    /// A connection silent this long is closed, in ms.
+    pub idle_timeout_ms: u64,
+    /// Messages each cross-shard queue holds.
+    pub cross_shard_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_envelope_bytes: switchboard_protocol::limits::MAX_ENVELOPE_LEN,
+            max_ttl_ms: 7 * 24 * 3600 * 1000,
+            max_connections: 1_000_000,
+            max_connections_per_ip: 100_000,
+            max_rooms_per_connection: 64,
+            outbound_queue_bytes: 4 << 20,
+            outbound_queue_frames: 4096,
+            slow_consumer_grace_ms: 5_000,
+            send_rate_per_sec: 0,
+            send_burst: 1_000,
+            handshake_timeout_ms: 10_000,
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 90_000,
+            cross_shard_queue: 16_384,
         }
     }
 }
@@ -82,6 +177,9 @@ pub enum ConfigError {
         /// Its length.
         len: usize,
     },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
     /// The data directory or secret file could not be used.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -104,6 +202,33 @@ impl Config {
             path: path.into(),
             source: Box::new(e),
         })
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let bad = |what: &str| Err(ConfigError::Invalid(what.to_owned()));
+        if l.max_envelope_bytes < 64 || l.max_envelope_bytes > switchboard_protocol::limits::MAX_ENVELOPE_LEN_CEILING {
+            return bad("limits.max_envelope_bytes must be between 64 and 16777216");
+        }
+        if l.cross_shard_queue == 0 || l.outbound_queue_frames == 0 || l.outbound_queue_bytes == 0 {
+            return bad("limits: queue sizes must be positive");
+        }
+        if l.ping_interval_ms == 0 || l.idle_timeout_ms <= l.ping_interval_ms {
+            return bad("limits.idle_timeout_ms must be greater than limits.ping_interval_ms > 0");
+        }
+        if self.server.shards > 1024 {
+            return bad("server.shards must be at most 1024");
+        }
+        Ok(())
+    }
+
+    /// The shard count: `server.shards`, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        match self.server.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     /// The data directory: the file's `data_dir`, else the default.
@@ -228,7 +353,7 @@ mod tests {
                 jwt_secret: Some("short".into()),
                 ..Default::default()
             },
-            data_dir: None,
+            ..Default::default()
         };
         assert!(matches!(c.jwt_secret(), Err(ConfigError::WeakSecret { len: 5, .. })));
     }

@@ -220,7 +220,7 @@ impl<'a> Envelope<'a> {
         // The Rust verifier treats structs as byte arrays and does not check
         // their alignment; stricter readers (C++, Go) do, so refuse here what
         // they would refuse after we forwarded it.
-        if (header.0.as_ptr().addr() - bytes.as_ptr().addr()) % 8 != 0 {
+        if !(header.0.as_ptr().addr() - bytes.as_ptr().addr()).is_multiple_of(8) {
             return Err(EnvelopeError::MisalignedHeader);
         }
         let env = Self { bytes, table, header };
@@ -243,10 +243,10 @@ impl<'a> Envelope<'a> {
         if EnvelopeFlags::from_bits(flags).is_none() {
             return Err(EnvelopeError::ReservedFlags(flags & !EnvelopeFlags::ALL.bits()));
         }
-        if let Some(ct) = self.table.content_type() {
-            if ct.is_empty() || ct.len() > MAX_CONTENT_TYPE_LEN || !ct.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-                return Err(EnvelopeError::ContentType);
-            }
+        if let Some(ct) = self.table.content_type()
+            && (ct.is_empty() || ct.len() > MAX_CONTENT_TYPE_LEN || !ct.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        {
+            return Err(EnvelopeError::ContentType);
         }
         if let Some(md) = self.table.metadata() {
             if md.len() > limits.max_metadata_entries {

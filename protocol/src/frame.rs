@@ -551,8 +551,9 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// Longest prefix of `s` of at most `max` bytes that ends on a char boundary.
-fn truncate_utf8(s: &str, max: usize) -> &str {
+/// Longest prefix of `s` of at most `max` bytes that ends on a char
+/// boundary (for reasons and other bounded text fields).
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -97,7 +97,10 @@ fn decode_hex(name: &str, lines: &[&str]) -> Vec<u8> {
             );
         }
         let digits: String = data.split_whitespace().collect();
-        assert!(digits.len() % 2 == 0, "{name}: odd number of hex digits in {line:?}");
+        assert!(
+            digits.len().is_multiple_of(2),
+            "{name}: odd number of hex digits in {line:?}"
+        );
         for i in (0..digits.len()).step_by(2) {
             let b = u8::from_str_radix(&digits[i..i + 2], 16)
                 .unwrap_or_else(|_| panic!("{name}: not hex: {:?} in {line:?}", &digits[i..i + 2]));
@@ -431,11 +434,11 @@ fn codes_and_types_quoted_in_the_prose_are_right() {
     let mut checked = 0;
     for (span, number) in numbers_after_code_spans(DOC) {
         let (span, number) = (span.as_str(), number.as_str());
-        if let Some(c) = ErrorCode::ALL.iter().find(|c| c.name() == span) {
-            if !number.starts_with("0x") {
-                assert_eq!(number, c.code().to_string(), "the doc writes `{span}` {number}");
-                checked += 1;
-            }
+        if let Some(c) = ErrorCode::ALL.iter().find(|c| c.name() == span)
+            && !number.starts_with("0x")
+        {
+            assert_eq!(number, c.code().to_string(), "the doc writes `{span}` {number}");
+            checked += 1;
         }
         let frame_type = (0..=255u8)
             .filter_map(FrameType::from_wire)

@@ -1,15 +1,175 @@
-//! JWT claims and development-token issuing.
+//! Authentication: JWT claims, development-token issuing and token
+//! verification.
 //!
 //! Clients authenticate with a JWT whose `sub` is their user id (see
-//! `docs/protocol.md`). This module owns the claim set and issues HS256
-//! tokens with the development secret (`switchboard token`). Verification
-//! with key rotation and JWKS arrives with the server.
+//! `docs/protocol.md` section 2). This module owns:
+//!
+//! - the `[auth]` configuration ([`AuthConfig`], [`KeyConfig`]);
+//! - issuing HS256 development tokens ([`issue_hs256`], `switchboard token`);
+//! - verifying tokens into an [`Identity`]: the key set ([`Verifier`], shared
+//!   by all shards, immutable, rebuilt by [`Verifier::reload`] on SIGHUP) and
+//!   the per-shard cache of verified tokens ([`ShardVerifier`], owned by one
+//!   shard, never shared).
+//!
+//! It does not find the token in a request (the frontends do) and reads no
+//! clock: every check takes `now` from the caller. It never logs or reports
+//! a token.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::{DeviceId, UserId};
+
+mod keys;
+mod verify;
+
+pub use keys::AuthConfigError;
+pub use verify::{AuthError, Identity, MAX_TOKEN_LEN, ShardVerifier, Verifier};
+
+/// Default clock-skew allowance for `exp` and `nbf`, in seconds.
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+/// Largest accepted `auth.leeway_secs`.
+pub const MAX_LEEWAY_SECS: u64 = 600;
+/// Default number of verified tokens each shard remembers.
+pub const DEFAULT_CACHE_SIZE: usize = 65536;
+/// The `kid` reserved for the HS256 development secret.
+pub const DEV_KID: &str = "dev";
+
+/// `[auth]` section.
+///
+/// Which key verifies a token:
+///
+/// - a token with a `kid` is verified with the key of that `kid` (from
+///   [`keys`](Self::keys) or the [`jwks_file`](Self::jwks_file)); the
+///   `kid` [`DEV_KID`] (`"dev"`) names the HS256 development secret;
+/// - a token without a `kid` is verified with the development secret when
+///   its `alg` is HS256, else with the only configured key of its `alg`;
+///   with none or several such keys it is rejected;
+/// - the token's `alg` must be exactly the key's algorithm (no algorithm
+///   confusion), and `alg: none` is never accepted.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for development tokens; overrides the generated one.
+    pub jwt_secret: Option<String>,
+    /// `iss` claim written into and required from tokens.
+    pub issuer: String,
+    /// `aud` claim written into and required from tokens.
+    pub audience: String,
+    /// Clock skew allowed when checking `exp` and `nbf`, in seconds
+    /// (default [`DEFAULT_LEEWAY_SECS`], at most [`MAX_LEEWAY_SECS`]).
+    pub leeway_secs: u64,
+    /// Verified tokens each shard caches (default [`DEFAULT_CACHE_SIZE`]);
+    /// 0 disables the cache.
+    pub cache_size: usize,
+    /// Verification keys, selected by the token's `kid`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyConfig>,
+    /// A JWK Set file (RFC 7517) with more verification keys; re-read by
+    /// [`Verifier::reload`]. A relative path is relative to the working
+    /// directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            issuer: "switchboard".into(),
+            audience: "switchboard".into(),
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            cache_size: DEFAULT_CACHE_SIZE,
+            keys: Vec::new(),
+            jwks_file: None,
+        }
+    }
+}
+
+/// One verification key in `[[auth.keys]]`: a `kid`, an `alg` and exactly
+/// one of `secret` (HS256), `public_key_file` or `public_key_pem` (RS256,
+/// ES256, EdDSA; an SPKI `PUBLIC KEY` PEM, or `RSA PUBLIC KEY` for RS256).
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key id tokens name in their header.
+    pub kid: String,
+    /// The only algorithm this key verifies.
+    pub alg: JwtAlgorithm,
+    /// HS256 shared secret (at least 32 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Path of a PEM public key, re-read by [`Verifier::reload`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+    /// PEM public key, inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_pem: Option<String>,
+}
+
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field("public_key_file", &self.public_key_file)
+            .field("public_key_pem", &self.public_key_pem.as_ref().map(|_| "[PEM]"))
+            .finish()
+    }
+}
+
+/// The JWT signature algorithms Switchboard verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[non_exhaustive]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 (shared secret; development).
+    HS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    /// Every supported algorithm.
+    pub const ALL: [JwtAlgorithm; 4] = [Self::HS256, Self::RS256, Self::ES256, Self::EdDSA];
+
+    /// The JOSE name (`alg` header value).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::RS256 => "RS256",
+            Self::ES256 => "ES256",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+
+    /// Parses a JOSE name; `None` for anything else (including `none`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    fn jsonwebtoken(self) -> Algorithm {
+        match self {
+            Self::HS256 => Algorithm::HS256,
+            Self::RS256 => Algorithm::RS256,
+            Self::ES256 => Algorithm::ES256,
+            Self::EdDSA => Algorithm::EdDSA,
+        }
+    }
+}
+
+impl fmt::Display for JwtAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The claims Switchboard reads from a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

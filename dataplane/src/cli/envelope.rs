@@ -31,15 +31,29 @@ pub struct EncodeArgs {
     /// Sender user id; the server requires it to equal the token's user.
     #[arg(long)]
     from: String,
+    #[command(flatten)]
+    fields: EnvelopeFields,
+    /// Write a complete `send` frame (4-byte header + envelope) instead of
+    /// the bare envelope.
+    #[arg(long)]
+    frame: bool,
+}
+
+/// Envelope fields shared by `envelope encode` and `send`.
+#[derive(Debug, Args)]
+pub struct EnvelopeFields {
     /// Sender device id.
     #[arg(long)]
     device: Option<String>,
     /// Destination: `user:<id>`, `room:<name>` or `service:<name>`.
     #[arg(long)]
-    to: String,
+    pub(crate) to: String,
     /// File whose bytes are the payload (`-` for stdin). Default: empty payload.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "payload")]
     payload_file: Option<PathBuf>,
+    /// Payload given as text on the command line.
+    #[arg(long, value_name = "TEXT")]
+    payload: Option<String>,
     /// Envelope id as a UUID. Default: a new UUIDv7.
     #[arg(long)]
     id: Option<String>,
@@ -61,10 +75,6 @@ pub struct EncodeArgs {
     /// Metadata entry `key=value` (repeatable, at most 16).
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     metadata: Vec<String>,
-    /// Write a complete `send` frame (4-byte header + envelope) instead of
-    /// the bare envelope.
-    #[arg(long)]
-    frame: bool,
 }
 
 /// `switchboard envelope decode` arguments.
@@ -80,7 +90,7 @@ impl EnvelopeCommand {
     pub fn run(self, input: &mut dyn Read, out: &mut dyn Write) -> anyhow::Result<()> {
         match self {
             Self::Encode(args) => {
-                let bytes = encode(&args, input, SystemTime::now())?;
+                let bytes = encode(&args.from, &args.fields, input, SystemTime::now())?;
                 if args.frame {
                     out.write_all(&SEND_HEADER)?;
                 }
@@ -108,8 +118,14 @@ fn read_bounded(input: &mut dyn Read) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn encode(args: &EncodeArgs, stdin: &mut dyn Read, now: SystemTime) -> anyhow::Result<Vec<u8>> {
-    let from = UserId::parse(&args.from).context("--from")?;
+/// Builds the envelope `fields` describe, sent by `from`.
+pub(crate) fn encode(
+    from: &str,
+    args: &EnvelopeFields,
+    stdin: &mut dyn Read,
+    now: SystemTime,
+) -> anyhow::Result<Vec<u8>> {
+    let from = UserId::parse(from).context("--from")?;
     let to = Destination::parse(&args.to).context("--to")?;
     let now_ms = now
         .duration_since(UNIX_EPOCH)
@@ -123,10 +139,11 @@ fn encode(args: &EncodeArgs, stdin: &mut dyn Read, now: SystemTime) -> anyhow::R
             EnvelopeId::new_v7(now_ms, &random)
         }
     };
-    let payload = match args.payload_file.as_deref() {
-        None => Vec::new(),
-        Some(p) if p.as_os_str() == "-" => read_bounded(stdin)?,
-        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+    let payload = match (args.payload_file.as_deref(), &args.payload) {
+        (_, Some(text)) => text.clone().into_bytes(),
+        (None, None) => Vec::new(),
+        (Some(p), None) if p.as_os_str() == "-" => read_bounded(stdin)?,
+        (Some(p), None) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
     };
     let ttl_ms = u32::try_from(args.ttl.as_millis()).context("--ttl is longer than 49 days")?;
     let mut flags = EnvelopeFlags::empty();
@@ -192,6 +209,12 @@ fn decode(bytes: &[u8], framed: bool) -> anyhow::Result<String> {
     };
     let limits = Limits::default().with_max_envelope_len(MAX_ENVELOPE_LEN_CEILING);
     let env = Envelope::parse(envelope_bytes, &limits).context("invalid envelope")?;
+    envelope_json(&env)
+}
+
+/// One envelope as a JSON line (payload in base64), as `decode` and
+/// `listen` print it.
+pub(crate) fn envelope_json(env: &Envelope<'_>) -> anyhow::Result<String> {
     let json = EnvelopeJson {
         id: env.id().to_string(),
         sender: env.sender().as_str(),
@@ -241,7 +264,7 @@ mod tests {
             "--payload-file",
             "-",
         ]);
-        let bytes = encode(&a, &mut &b"hi"[..], SystemTime::now()).unwrap();
+        let bytes = encode(&a.from, &a.fields, &mut &b"hi"[..], SystemTime::now()).unwrap();
         let line = decode(&bytes, false).unwrap();
         assert_eq!(
             line,
@@ -256,12 +279,19 @@ mod tests {
     #[test]
     fn bad_arguments_are_reported() {
         let now = SystemTime::now();
-        assert!(encode(&args(&["--flag", "loud"]), &mut &[][..], now).is_err());
-        assert!(encode(&args(&["--meta", "novalue"]), &mut &[][..], now).is_err());
-        assert!(encode(&args(&["--id", "xyz"]), &mut &[][..], now).is_err());
+        let enc = |a: EncodeArgs| encode(&a.from, &a.fields, &mut &[][..], now);
+        assert!(enc(args(&["--flag", "loud"])).is_err());
+        assert!(enc(args(&["--meta", "novalue"])).is_err());
+        assert!(enc(args(&["--id", "xyz"])).is_err());
         let mut a = args(&[]);
-        a.to = "bob".into();
-        assert!(encode(&a, &mut &[][..], now).is_err());
+        a.fields.to = "bob".into();
+        assert!(enc(a).is_err());
+        assert_eq!(
+            Envelope::parse(&enc(args(&["--payload", "text"])).unwrap(), &Limits::default())
+                .unwrap()
+                .payload(),
+            b"text"
+        );
         let err = decode(b"garbage!", false).unwrap_err();
         assert!(format!("{err:#}").contains("invalid envelope"), "{err:#}");
     }

@@ -37,6 +37,14 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the server (embedded defaults: loopback ports 8080 and 8081,
+    /// one shard per core, the development JWT secret).
+    Serve(ServeArgs),
+    /// Send one envelope over WebSocket and print the server's answer.
+    Send(SendArgs),
+    /// Receive envelopes over WebSocket, print one JSON line each, and
+    /// acknowledge them.
+    Listen(ListenArgs),
     /// Print a signed development token (HS256 JWT) for a user.
     ///
     /// The token is signed with the development secret: $SWITCHBOARD_JWT_SECRET,
@@ -66,6 +74,68 @@ pub struct TokenArgs {
     pub roles: Vec<String>,
 }
 
+/// `switchboard serve` arguments; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Client address (WebSocket and HTTP), e.g. 127.0.0.1:8080.
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Admin address (health, metrics, presence), e.g. 127.0.0.1:8081.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Number of shards; 0 = one per core.
+    #[arg(long, env = "SWITCHBOARD_SHARDS")]
+    pub shards: Option<usize>,
+    /// I/O driver: auto (io_uring, else epoll), uring or epoll.
+    #[arg(long, env = "SWITCHBOARD_IO_DRIVER", value_parser = ["auto", "uring", "epoll"])]
+    pub io_driver: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Where and as whom a client connects.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Server WebSocket URL.
+    #[arg(long, env = "SWITCHBOARD_URL", default_value = "ws://127.0.0.1:8080/connect")]
+    pub url: String,
+    /// JWT to authenticate with (see `switchboard token`).
+    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Seconds to wait for the server's answers.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+}
+
+/// `switchboard send` arguments.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Server and token.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The envelope to send.
+    #[command(flatten)]
+    pub envelope: envelope::EnvelopeFields,
+}
+
+/// `switchboard listen` arguments.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Server and token.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Exit after this many envelopes.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Join this room first (repeatable).
+    #[arg(long = "join", value_name = "ROOM")]
+    pub rooms: Vec<String>,
+    /// Exit 0 when nothing arrives for --timeout seconds instead of failing.
+    #[arg(long)]
+    pub idle_ok: bool,
+}
+
 impl Cli {
     /// Runs the chosen subcommand, writing to stdout.
     pub fn run(self) -> anyhow::Result<()> {
@@ -75,6 +145,9 @@ impl Cli {
         }
         let stdout = std::io::stdout();
         match self.command {
+            Command::Serve(args) => serve(config, args),
+            Command::Send(args) => send(&args, &mut stdout.lock()),
+            Command::Listen(args) => listen(&args, &mut stdout.lock()),
             Command::Token(args) => {
                 let token = token(&config, &args, SystemTime::now())?;
                 let mut out = stdout.lock();
@@ -106,4 +179,107 @@ fn token(config: &Config, args: &TokenArgs, now: SystemTime) -> anyhow::Result<S
         audience: &config.auth.audience,
     };
     Ok(auth::issue_hs256(&req, &secret, now)?)
+}
+
+fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(a) = args.listen {
+        config.server.listen = a;
+    }
+    if let Some(a) = args.admin_listen {
+        config.server.admin_listen = a;
+    }
+    if let Some(n) = args.shards {
+        config.server.shards = n;
+    }
+    if let Some(d) = args.io_driver.as_deref() {
+        config.io.driver = match d {
+            "uring" => crate::config::IoDriver::Uring,
+            "epoll" => crate::config::IoDriver::Epoll,
+            _ => crate::config::IoDriver::Auto,
+        };
+    }
+    config.validate()?;
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    crate::logging::init();
+    crate::server::serve(config)
+}
+
+fn send(args: &SendArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    use switchboard_protocol::Frame;
+    let from = crate::client::token_subject(&args.connect.token)?;
+    let bytes = envelope::encode(&from, &args.envelope, &mut std::io::stdin().lock(), SystemTime::now())?;
+    let mut client = crate::client::Client::connect(&args.connect.url, &args.connect.token)?;
+    client.set_timeout(Some(Duration::from_secs(args.connect.timeout)))?;
+    client.send(&Frame::Send { envelope: &bytes })?;
+    loop {
+        let msg = client.recv()?.context("connection closed before the answer")?;
+        match Frame::decode(&msg, client.limits())? {
+            Frame::Accepted {
+                id,
+                outcome,
+                recipients,
+            } => {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"id": id.to_string(), "outcome": outcome.name(), "recipients": recipients})
+                )?;
+                client.close();
+                return Ok(());
+            }
+            Frame::Error(e) => {
+                let name = e.error_code().map_or("unknown", |c| c.name());
+                anyhow::bail!("server refused the envelope: {name} ({}): {}", e.code, e.reason);
+            }
+            _ => continue,
+        }
+    }
+}
+
+fn listen(args: &ListenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    use switchboard_protocol::{Envelope, Frame, RoomName};
+    let mut client = crate::client::Client::connect(&args.connect.url, &args.connect.token)?;
+    client.set_timeout(Some(Duration::from_secs(args.connect.timeout)))?;
+    for (i, room) in args.rooms.iter().enumerate() {
+        let room = RoomName::parse(room).context("--join")?;
+        client.send(&Frame::JoinRoom {
+            request_id: i as u32,
+            room,
+        })?;
+        loop {
+            let msg = client.recv()?.context("connection closed while joining")?;
+            match Frame::decode(&msg, client.limits())? {
+                Frame::Done { .. } => break,
+                Frame::Error(e) => anyhow::bail!("cannot join {room}: {}", e.reason),
+                _ => continue,
+            }
+        }
+    }
+    // Ready to receive: scripts may wait for this line on stderr.
+    eprintln!("listening");
+    let mut received = 0u64;
+    while args.count.is_none_or(|c| received < c) {
+        let msg = match client.recv() {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) if args.idle_ok && e.to_string() == "timed out" => break,
+            Err(e) => return Err(e),
+        };
+        let (envelope, id) = match Frame::decode(&msg, client.limits())? {
+            Frame::Deliver { envelope, .. } => {
+                let env = Envelope::parse(envelope, client.limits()).context("server delivered an invalid envelope")?;
+                (envelope::envelope_json(&env)?, env.id())
+            }
+            _ => continue,
+        };
+        writeln!(out, "{envelope}")?;
+        out.flush()?;
+        client.send(&Frame::DeliveryAck { id })?;
+        received += 1;
+    }
+    client.close();
+    Ok(())
 }

@@ -1,0 +1,682 @@
+//! Connection tasks: accept, handshake (HTTP head, auth), hand-off to the
+//! owner shard, then the WebSocket reader and writer, and `POST /send`.
+//!
+//! Received bytes stay in the connection's read buffer: a frame is split off
+//! it as a refcounted `Bytes`, the envelope is a slice of that, and the same
+//! slice is queued to every recipient. Nothing here mutates presence or
+//! rooms directly; it calls the [`Shard`] methods that own them.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::{TcpListener, TcpStream};
+use switchboard_protocol::envelope::EnvelopeFlags;
+use switchboard_protocol::{Destination, Envelope, ErrorCode, Frame, Limits};
+
+use super::write::{Out, WriteBatch};
+use super::{ConnId, ConnPermit, Member, Msg, Protocol, Reply, Shard, WriterPoll};
+use crate::auth::Identity;
+use crate::frontend::http::{self, RequestHead};
+use crate::frontend::ws::{self, WsDecoder, WsEvent};
+
+/// Bytes read per `read` call at least.
+const READ_CHUNK: usize = 4096;
+
+/// A connection that authenticated on one shard, moving to its owner.
+pub(crate) struct Handoff {
+    fd: OwnedFd,
+    identity: Arc<Identity>,
+    /// Bytes read after the handshake (frames the client sent at once).
+    leftover: BytesMut,
+    peer: SocketAddr,
+    permit: ConnPermit,
+}
+
+/// Accepts connections until the shard stops.
+pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(shard = shard.id.0, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if shard.stopping.get() {
+            continue;
+        }
+        let permit = match shard.shared.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(code) => {
+                shard.metrics.handshake_failures.inc();
+                tracing::debug!(%peer, "connection refused: limit");
+                monoio::spawn(refuse(stream, code, "too many connections"));
+                continue;
+            }
+        };
+        monoio::spawn(handshake(shard.clone(), stream, peer, permit));
+    }
+}
+
+async fn refuse(mut stream: TcpStream, code: ErrorCode, reason: &'static str) {
+    let _ = stream.write_all(http::error_response(code, reason, false)).await;
+}
+
+/// Reads the request head, authenticates and dispatches by route.
+async fn handshake(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: ConnPermit) {
+    let _ = stream.set_nodelay(true);
+    let timeout = Duration::from_millis(shard.shared.config.limits.handshake_timeout_ms);
+    let result = monoio::time::timeout(timeout, read_head(stream)).await;
+    let (mut stream, head, buf) = match result {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => return, // closed before sending a request
+        Ok(Err((mut stream, e))) => {
+            shard.metrics.handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "bad request head");
+            let _ = stream.write_all(e.response()).await;
+            return;
+        }
+        Err(_) => {
+            shard.metrics.handshake_failures.inc();
+            tracing::debug!(%peer, "handshake timeout");
+            return;
+        }
+    };
+    let route = (head.method(), head.path());
+    match route {
+        (http::Method::Get, "/connect") => websocket(shard, stream, head, buf, peer, permit).await,
+        (http::Method::Post, "/send") => {
+            let timeout = Duration::from_millis(shard.shared.config.limits.handshake_timeout_ms);
+            let _ = monoio::time::timeout(timeout, http_send(shard, stream, head, buf, peer, permit)).await;
+        }
+        (http::Method::Get, "/healthz") => {
+            let _ = stream
+                .write_all(http::response(200, "text/plain", b"ok\n", false))
+                .await;
+        }
+        _ => {
+            let body = http::error_body(ErrorCode::UnknownFrameType, "no such endpoint");
+            let _ = stream
+                .write_all(http::response(404, "application/json", &body, false))
+                .await;
+        }
+    }
+}
+
+type HeadResult = Result<Option<(TcpStream, RequestHead, BytesMut)>, (TcpStream, http::HttpError)>;
+
+/// Reads until a complete request head; returns it and the bytes after it.
+async fn read_head(mut stream: TcpStream) -> HeadResult {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match http::parse_request(&buf) {
+            Ok(Some((head, len))) => {
+                let _ = buf.split_to(len);
+                return Ok(Some((stream, head, buf)));
+            }
+            Ok(None) => {}
+            Err(e) => return Err((stream, e)),
+        }
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(1024);
+        }
+        let (res, b) = stream.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn now_unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Verifies the request's bearer token with the shard's cached verifier.
+fn authenticate(shard: &Shard, head: &RequestHead) -> Result<Arc<Identity>, (ErrorCode, String)> {
+    let token = match head.bearer_token() {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err((ErrorCode::Unauthenticated, "no token: use Authorization: Bearer".into())),
+        Err(e) => return Err((ErrorCode::InvalidToken, e.to_string())),
+    };
+    shard
+        .tokens
+        .borrow_mut()
+        .verify(token.jwt(), now_unix_secs())
+        .map_err(|e| (e.code(), e.to_string()))
+}
+
+async fn websocket(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    head: RequestHead,
+    leftover: BytesMut,
+    peer: SocketAddr,
+    permit: ConnPermit,
+) {
+    let upgrade = match http::validate_websocket_upgrade(&head) {
+        Ok(u) => u,
+        Err(e) => {
+            shard.metrics.handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "bad websocket upgrade");
+            let _ = stream.write_all(e.response()).await;
+            return;
+        }
+    };
+    let identity = match authenticate(&shard, &head) {
+        Ok(id) => id,
+        Err((code, reason)) => {
+            shard.metrics.handshake_failures.inc();
+            tracing::info!(%peer, code = code.name(), %reason, "authentication failed");
+            let _ = stream.write_all(http::error_response(code, &reason, false)).await;
+            return;
+        }
+    };
+    let (res, _) = stream.write_all(upgrade.response()).await;
+    if res.is_err() {
+        return;
+    }
+    let owner = shard.shared.owners.user(identity.user().as_str());
+    if owner == shard.id {
+        run_websocket(shard, stream, leftover, identity, peer, permit).await;
+        return;
+    }
+    // Hand the socket to the user's owner shard, so that every connection
+    // of a user is one hop from any sender.
+    let fd = stream.into_raw_fd();
+    // SAFETY: `into_raw_fd` released ownership of an open socket to us
+    // (after deregistering it from this shard's reactor).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let handoff = Box::new(Handoff {
+        fd,
+        identity,
+        leftover,
+        peer,
+        permit,
+    });
+    shard.metrics.handoffs.inc();
+    if let Err(Msg::Handoff(h)) = shard.shared.mesh.send(shard.id, owner, Msg::Handoff(handoff)) {
+        // The owner's queue is full: refuse rather than queue without bound.
+        shard.metrics.cross_shard_full.inc();
+        let std = std::net::TcpStream::from(h.fd);
+        if let Ok(mut s) = TcpStream::from_std(std) {
+            let frame = ws::close_frame(ErrorCode::Overloaded.close_code(), "server busy, retry");
+            let _ = s.write_all(frame).await;
+        }
+    }
+}
+
+/// Adopts a connection handed over by another shard.
+pub(crate) fn adopt(shard: &Shard, h: Handoff) {
+    let Some(shard) = shard.this.upgrade() else { return };
+    let std = std::net::TcpStream::from(h.fd);
+    match TcpStream::from_std(std) {
+        Ok(stream) => {
+            monoio::spawn(run_websocket(shard, stream, h.leftover, h.identity, h.peer, h.permit));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot adopt handed-over connection"),
+    }
+}
+
+/// Drives an authenticated WebSocket connection on its owner shard.
+async fn run_websocket(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    mut buf: BytesMut,
+    identity: Arc<Identity>,
+    peer: SocketAddr,
+    _permit: ConnPermit,
+) {
+    let id = shard.register(identity.clone(), Protocol::WebSocket, peer);
+    let me = Member {
+        shard: shard.id,
+        conn: id,
+    };
+    let span = tracing::debug_span!("conn", shard = shard.id.0, conn = id.slot, user = %identity.user());
+    let _enter = span.enter();
+    tracing::debug!(%peer, "connected");
+    let fd = stream.as_raw_fd();
+    let (mut rd, wr) = stream.into_split();
+    monoio::spawn(write_loop(shard.clone(), id, wr, fd));
+
+    let limits = Limits::default().with_max_envelope_len(shard.shared.config.limits.max_envelope_bytes);
+    let mut decoder = WsDecoder::new(limits.max_frame_len());
+    let reader = Reader {
+        shard: &shard,
+        id,
+        me,
+        identity: &identity,
+        limits,
+    };
+    'conn: loop {
+        let now = Instant::now();
+        let now_ms = now_unix_ms();
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some((event, consumed))) => {
+                    let frame = buf.split_to(consumed).freeze();
+                    if !reader.on_event(event, frame, now, now_ms) {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket protocol error");
+                    let code = e.close_code();
+                    shard.with_conn(id, |c| {
+                        c.out.push(Out::Owned(ws::close_frame(code, &e.to_string())));
+                        c.closing = Some(ErrorCode::MalformedFrame);
+                    });
+                    shard.reply_wake(id);
+                    break 'conn;
+                }
+            }
+        }
+        if shard.with_conn(id, |c| c.closing.is_some()).unwrap_or(true) {
+            // Closing: keep reading only to let the writer flush; stop
+            // interpreting frames.
+            break;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let (res, b) = rd.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(_) => shard.seen(id, Instant::now()),
+        }
+    }
+    // Let the writer flush a pending close frame before the socket goes.
+    let flushed = poll_fn(|cx| shard.wait_flushed(id, cx.waker()));
+    let _ = monoio::time::timeout(Duration::from_secs(2), flushed).await;
+    shard.unregister(id);
+    tracing::debug!("disconnected");
+}
+
+/// Interprets frames for one connection.
+struct Reader<'a> {
+    shard: &'a Rc<Shard>,
+    id: ConnId,
+    me: Member,
+    identity: &'a Identity,
+    limits: Limits,
+}
+
+impl Reader<'_> {
+    /// Handles one WebSocket event; false ends the connection.
+    fn on_event(&self, event: WsEvent, frame: Bytes, now: Instant, now_ms: u64) -> bool {
+        match event {
+            WsEvent::Binary(range) => {
+                self.on_frame(frame.slice(range), now, now_ms);
+                true
+            }
+            WsEvent::BinaryAssembled(message) => {
+                self.on_frame(Bytes::from(message), now, now_ms);
+                true
+            }
+            WsEvent::Text => {
+                self.shard
+                    .close(self.id, ErrorCode::UnsupportedData, "text frames are not supported");
+                false
+            }
+            WsEvent::Ping(range) => {
+                let pong = ws::pong_frame(&frame[range]);
+                self.push(Out::frame(&pong));
+                true
+            }
+            WsEvent::Pong(_) | WsEvent::Fragment => true,
+            WsEvent::Close { code, .. } => {
+                // Echo the close (RFC 6455 §5.5.1), then finish.
+                let reply = match code {
+                    Some(code) => ws::close_frame(code, ""),
+                    None => ws::EMPTY_CLOSE_FRAME.to_vec(),
+                };
+                self.shard.with_conn(self.id, |c| {
+                    c.out.push(Out::Owned(reply));
+                    c.closing.get_or_insert(ErrorCode::ShuttingDown);
+                });
+                self.shard.reply_wake(self.id);
+                false
+            }
+        }
+    }
+
+    fn push(&self, out: Out) {
+        self.shard.with_conn(self.id, |c| c.out.push(out));
+        self.shard.reply_wake(self.id);
+    }
+
+    fn error(
+        &self,
+        code: ErrorCode,
+        id: Option<switchboard_protocol::EnvelopeId>,
+        request_id: Option<u32>,
+        reason: &'static str,
+    ) {
+        self.shard.metrics.rejected.inc(code);
+        self.shard.reply(
+            self.id,
+            Reply::Error {
+                code,
+                id,
+                request_id,
+                reason,
+            },
+        );
+    }
+
+    fn on_frame(&self, payload: Bytes, now: Instant, now_ms: u64) {
+        let frame = match Frame::decode(&payload, &self.limits) {
+            Ok(f) => f,
+            Err(e) => {
+                let code = e.code();
+                tracing::debug!(error = %e, "bad frame");
+                if code.is_fatal() {
+                    self.shard.close(self.id, code, "malformed frame");
+                } else {
+                    self.error(code, None, None, "malformed frame");
+                }
+                return;
+            }
+        };
+        match frame {
+            Frame::Send { envelope } => {
+                let envelope = payload.slice_ref(envelope);
+                self.on_send(envelope, now, now_ms);
+            }
+            Frame::DeliveryAck { id } => {
+                if !self.shard.ack(self.id, id) {
+                    tracing::debug!(%id, "ack for an unknown delivery");
+                }
+            }
+            Frame::JoinRoom { request_id, room } => {
+                let max = self.shard.shared.config.limits.max_rooms_per_connection;
+                let added = self.shard.with_conn(self.id, |c| {
+                    if c.rooms.iter().any(|r| **r == *room.as_str()) {
+                        Some(false)
+                    } else if c.rooms.len() >= max {
+                        None
+                    } else {
+                        c.rooms.push(room.as_str().into());
+                        Some(true)
+                    }
+                });
+                match added.flatten() {
+                    None => self.error(ErrorCode::RoomLimit, None, Some(request_id), "too many rooms"),
+                    Some(false) => self.shard.reply(self.id, Reply::Done { request_id }),
+                    Some(true) => {
+                        let owner = self.shard.shared.owners.room(room.as_str());
+                        let msg = Msg::Join {
+                            room: room.as_str().into(),
+                            member: self.me,
+                            request_id,
+                        };
+                        if !self.shard.send_or_handle(owner, msg) {
+                            self.shard
+                                .with_conn(self.id, |c| c.rooms.retain(|r| **r != *room.as_str()));
+                            self.error(ErrorCode::Overloaded, None, Some(request_id), "server busy, retry");
+                        }
+                    }
+                }
+            }
+            Frame::LeaveRoom { request_id, room } => {
+                let was = self.shard.with_conn(self.id, |c| {
+                    let before = c.rooms.len();
+                    c.rooms.retain(|r| **r != *room.as_str());
+                    before != c.rooms.len()
+                });
+                if was != Some(true) {
+                    self.error(
+                        ErrorCode::NotAMember,
+                        None,
+                        Some(request_id),
+                        "not a member of this room",
+                    );
+                    return;
+                }
+                let owner = self.shard.shared.owners.room(room.as_str());
+                let msg = Msg::Leave {
+                    room: room.as_str().into(),
+                    member: self.me,
+                    request_id: Some(request_id),
+                };
+                if !self.shard.send_or_handle(owner, msg) {
+                    self.error(ErrorCode::Overloaded, None, Some(request_id), "server busy, retry");
+                }
+            }
+            Frame::PresenceQuery { request_id, user } => {
+                let owner = self.shard.shared.owners.user(user.as_str());
+                let msg = Msg::PresenceQuery {
+                    user: user.as_str().into(),
+                    from: self.me,
+                    request_id,
+                };
+                if !self.shard.send_or_handle(owner, msg) {
+                    self.error(ErrorCode::Overloaded, None, Some(request_id), "server busy, retry");
+                }
+            }
+            Frame::Ping { nonce } => {
+                let mut out = [0u8; ws::MAX_HEADER_LEN];
+                let n = ws::binary_header(12, &mut out);
+                let mut v = out[..n].to_vec();
+                Frame::Pong { nonce }.encode(&mut v);
+                self.push(Out::frame(&v));
+            }
+            Frame::Pong { .. } => {}
+            other => {
+                tracing::debug!(frame = %other.frame_type(), "server-only frame from a client");
+                self.error(
+                    ErrorCode::UnknownFrameType,
+                    None,
+                    None,
+                    "clients may not send this frame type",
+                );
+            }
+        }
+    }
+
+    fn on_send(&self, bytes: Bytes, now: Instant, now_ms: u64) {
+        let shard = self.shard;
+        let env = match Envelope::parse(&bytes, &self.limits) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, "invalid envelope");
+                self.error(e.code(), None, None, "envelope failed verification");
+                return;
+            }
+        };
+        let id = env.id();
+        if env.sender() != self.identity.user() {
+            self.error(
+                ErrorCode::SenderMismatch,
+                Some(id),
+                None,
+                "sender is not the authenticated user",
+            );
+            return;
+        }
+        if env.is_expired(now_ms, shard.shared.config.limits.max_ttl_ms) {
+            self.error(ErrorCode::EnvelopeExpired, Some(id), None, "ttl elapsed");
+            return;
+        }
+        if !shard.with_conn(self.id, |c| c.tokens.take(now)).unwrap_or(false) {
+            self.error(ErrorCode::RateLimited, Some(id), None, "send rate limit exceeded");
+            return;
+        }
+        shard.metrics.envelopes_in.inc();
+        let echo = env.flags().contains(EnvelopeFlags::ECHO_TO_SENDER);
+        match env.destination() {
+            Destination::User(user) => shard.route_user(user, bytes.clone(), id, self.me, echo),
+            Destination::Room(room) => shard.route_room(room.as_str(), bytes.clone(), id, self.me, echo),
+            _ => {
+                self.error(
+                    ErrorCode::InvalidDestination,
+                    Some(id),
+                    None,
+                    "service destinations are not routed yet",
+                );
+                return;
+            }
+        }
+        shard.metrics.route_latency.observe_us(now.elapsed().as_micros() as u64);
+    }
+}
+
+/// Writes a connection's queued frames in vectored batches.
+async fn write_loop(shard: Rc<Shard>, id: ConnId, mut wr: impl AsyncWriteRent, fd: i32) {
+    let mut batch = WriteBatch::default();
+    loop {
+        let next = poll_fn(|cx| match shard.poll_writer(id, cx.waker(), &mut batch) {
+            WriterPoll::Pending => Poll::Pending,
+            other => Poll::Ready(other),
+        })
+        .await;
+        match next {
+            WriterPoll::Write => {
+                while !batch.is_empty() {
+                    let (res, b) = wr.writev(batch).await;
+                    batch = b;
+                    match res {
+                        Ok(n) if n > 0 => batch.advance(n),
+                        _ => {
+                            shard.writer_failed(id);
+                            shutdown_socket(fd);
+                            return;
+                        }
+                    }
+                }
+                shard.writer_flushed(id);
+            }
+            WriterPoll::Finish | WriterPoll::Pending => {
+                shutdown_socket(fd);
+                shard.writer_flushed(id);
+                return;
+            }
+        }
+    }
+}
+
+/// Shuts the socket down both ways so the reader's pending read ends.
+fn shutdown_socket(fd: i32) {
+    // SAFETY: `fd` belongs to a socket whose read and write halves are still
+    // alive (the reader task owns one), so it is open; shutdown(2) only
+    // changes the connection state and never frees the descriptor.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+/// `POST /send`: one envelope per request, answered 202 or with an error.
+async fn http_send(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    head: RequestHead,
+    mut buf: BytesMut,
+    peer: SocketAddr,
+    _permit: ConnPermit,
+) {
+    let identity = match authenticate(&shard, &head) {
+        Ok(id) => id,
+        Err((code, reason)) => {
+            shard.metrics.handshake_failures.inc();
+            let _ = stream.write_all(http::error_response(code, &reason, false)).await;
+            return;
+        }
+    };
+    let max_env = shard.shared.config.limits.max_envelope_bytes;
+    let json = head.content_type().is_some_and(|t| t.starts_with("application/json"));
+    // Base64 in JSON inflates the payload by 4/3, plus the other fields.
+    let max_body = if json { max_env / 3 * 4 + 8192 } else { max_env };
+    let Some(len) = head.content_length() else {
+        let _ = stream
+            .write_all(http::error_response(
+                ErrorCode::MalformedFrame,
+                "Content-Length required",
+                false,
+            ))
+            .await;
+        return;
+    };
+    if len as usize > max_body {
+        let _ = stream
+            .write_all(http::error_response(
+                ErrorCode::EnvelopeTooLarge,
+                "body too large",
+                false,
+            ))
+            .await;
+        return;
+    }
+    if head.expect_continue() {
+        let (res, _) = stream.write_all(http::CONTINUE_RESPONSE).await;
+        if res.is_err() {
+            return;
+        }
+    }
+    let len = len as usize;
+    while buf.len() < len {
+        buf.reserve(len - buf.len());
+        let (res, b) = stream.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    let body = buf.split_to(len).freeze();
+    let envelope = if json {
+        match crate::frontend::http_json::envelope_from_json(&body, identity.user(), now_unix_ms()) {
+            Ok(e) => Bytes::from(e),
+            Err(reason) => {
+                let _ = stream
+                    .write_all(http::error_response(ErrorCode::InvalidEnvelope, &reason, false))
+                    .await;
+                return;
+            }
+        }
+    } else {
+        body
+    };
+    let id = shard.register(identity.clone(), Protocol::Http, peer);
+    let limits = Limits::default().with_max_envelope_len(max_env);
+    let reader = Reader {
+        shard: &shard,
+        id,
+        me: Member {
+            shard: shard.id,
+            conn: id,
+        },
+        identity: &identity,
+        limits,
+    };
+    reader.on_send(envelope, Instant::now(), now_unix_ms());
+    let reply = poll_fn(|cx| shard.poll_http_reply(id, cx.waker())).await;
+    shard.unregister(id);
+    let response = match reply {
+        Some(Reply::Accepted {
+            id,
+            outcome,
+            recipients,
+        }) => http::accepted_response(id, outcome, recipients, false),
+        Some(Reply::Error { code, reason, .. }) => http::error_response(code, reason, false),
+        _ => http::error_response(ErrorCode::Internal, "no answer", false),
+    };
+    let _ = stream.write_all(response).await;
+}
