@@ -14,20 +14,29 @@ use switchboard_protocol::{
 /// A typical envelope: alice's phone to bob, content type, no metadata,
 /// payload sized so that the whole envelope is `total` bytes.
 fn envelope(total: usize) -> Vec<u8> {
+    sized_envelope(total, true)
+}
+
+/// An envelope of `total` bytes; `full` adds a device id and a content type
+/// (two more strings for the verifier), else only the required fields.
+fn sized_envelope(total: usize, full: bool) -> Vec<u8> {
     let build = |payload_len: usize| {
         let payload = vec![0x5a; payload_len];
-        EnvelopeBuilder::new(
+        let b = EnvelopeBuilder::new(
             EnvelopeId::new_v7(1_764_000_000_000, &[9; 10]),
             UserId::parse("alice").expect("valid"),
             Destination::parse("user:bob").expect("valid"),
             1_764_000_000_000,
         )
-        .sender_device(DeviceId::parse("phone-1").expect("valid"))
         .ttl_ms(60_000)
-        .content_type("application/octet-stream")
-        .payload(&payload)
-        .build()
-        .expect("valid envelope")
+        .payload(&payload);
+        let b = if full {
+            b.sender_device(DeviceId::parse("phone-1").expect("valid"))
+                .content_type("application/octet-stream")
+        } else {
+            b
+        };
+        b.build().expect("valid envelope")
     };
     let overhead = build(0).len();
     let env = build(total.saturating_sub(overhead));
@@ -38,10 +47,14 @@ fn envelope(total: usize) -> Vec<u8> {
 fn verify(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope_verify_and_read_header");
     let limits = Limits::default();
-    for size in [256usize, 16 * 1024] {
-        let bytes = envelope(size);
+    for (name, size, full) in [
+        ("256", 256, true),
+        ("256-minimal", 256, false),
+        ("16384", 16 * 1024, true),
+    ] {
+        let bytes = sized_envelope(size, full);
         g.throughput(Throughput::Elements(1));
-        g.bench_with_input(BenchmarkId::from_parameter(size), &bytes, |b, bytes| {
+        g.bench_with_input(BenchmarkId::from_parameter(name), &bytes, |b, bytes| {
             b.iter(|| {
                 let env = Envelope::parse(black_box(bytes), &limits).expect("valid");
                 black_box((
