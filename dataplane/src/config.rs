@@ -40,6 +40,19 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Authentication settings.
     pub auth: AuthConfig,
+    /// TLS on the client port.
+    pub tls: TlsConfig,
+}
+
+/// `[tls]` section: with both files set, the client port speaks TLS only
+/// (`wss://`, `https://`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[server]` section.
@@ -216,6 +229,9 @@ impl Config {
         }
         if l.ping_interval_ms == 0 || l.idle_timeout_ms <= l.ping_interval_ms {
             return bad("limits.idle_timeout_ms must be greater than limits.ping_interval_ms > 0");
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return bad("tls: set both cert_file and key_file, or neither");
         }
         if self.server.shards > 1024 {
             return bad("server.shards must be at most 1024");

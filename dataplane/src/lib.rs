@@ -17,3 +17,4 @@ mod logging;
 pub mod metrics;
 pub mod server;
 pub mod shard;
+pub mod tls;
