@@ -31,7 +31,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let driver = config.io.driver;
     let pin = config.server.pin_cores;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let shared = Shared::new(config, verifier, shards);
+    let tls = crate::tls::server_config(&config.tls)?;
+    let tls_on = tls.is_some();
+    let shared = Shared::new(config, verifier, tls, shards);
 
     // Bind everything first. The first listener resolves port 0; the other
     // shards bind the same address with SO_REUSEPORT, so the kernel spreads
@@ -82,6 +84,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             "admin": admin_addr.to_string(),
             "shards": shards,
             "driver": driver_name,
+            "tls": tls_on,
         })
     );
 

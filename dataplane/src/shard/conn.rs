@@ -6,6 +6,7 @@
 //! slice is queued to every recipient. Nothing here mutates presence or
 //! rooms directly; it calls the [`Shard`] methods that own them.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -25,6 +26,7 @@ use super::{ConnId, ConnPermit, Member, Msg, Protocol, Reply, Shard, WriterPoll}
 use crate::auth::Identity;
 use crate::frontend::http::{self, RequestHead};
 use crate::frontend::ws::{self, WsDecoder, WsEvent};
+use crate::tls::TlsSession;
 
 /// Bytes read per `read` call at least.
 const READ_CHUNK: usize = 4096;
@@ -32,6 +34,8 @@ const READ_CHUNK: usize = 4096;
 /// A connection that authenticated on one shard, moving to its owner.
 pub(crate) struct Handoff {
     fd: OwnedFd,
+    /// The TLS session, when the client port speaks TLS.
+    tls: Option<Box<TlsSession>>,
     identity: Arc<Identity>,
     /// Bytes read after the handshake (frames the client sent at once).
     leftover: BytesMut,
@@ -67,22 +71,117 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-async fn refuse(mut stream: TcpStream, code: ErrorCode, reason: &'static str) {
-    let _ = stream.write_all(http::error_response(code, reason, false)).await;
+async fn refuse(stream: TcpStream, code: ErrorCode, reason: &'static str) {
+    // Without TLS the client gets a readable answer; with TLS it would need
+    // a handshake first, which a refused connection does not get.
+    let mut io = Io::plain(stream);
+    if io.tls.is_none() {
+        let _ = io.write_all(http::error_response(code, reason, false)).await;
+    }
+}
+
+/// A client socket, plain or TLS, during the handshake phase (before the
+/// reader and writer tasks split it).
+struct Io {
+    stream: TcpStream,
+    tls: Option<Box<TlsSession>>,
+    /// Ciphertext read but not yet decrypted.
+    raw: BytesMut,
+}
+
+impl Io {
+    fn plain(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            tls: None,
+            raw: BytesMut::new(),
+        }
+    }
+
+    fn new(shard: &Shard, stream: TcpStream) -> std::io::Result<Self> {
+        let tls = match &shard.shared.tls {
+            Some(cfg) => Some(Box::new(TlsSession::new(cfg.clone())?)),
+            None => None,
+        };
+        Ok(Self {
+            stream,
+            tls,
+            raw: BytesMut::new(),
+        })
+    }
+
+    /// Reads and appends plaintext to `buf`; `Ok(0)` at end of stream.
+    async fn read_into(&mut self, mut buf: BytesMut) -> (std::io::Result<usize>, BytesMut) {
+        let Some(tls) = self.tls.as_mut() else {
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(READ_CHUNK);
+            }
+            return self.stream.read(buf).await;
+        };
+        loop {
+            let before = buf.len();
+            self.raw.clear();
+            self.raw.reserve(READ_CHUNK);
+            let raw = std::mem::take(&mut self.raw);
+            let (res, raw) = self.stream.read(raw).await;
+            self.raw = raw;
+            match res {
+                Ok(0) => return (Ok(0), buf),
+                Ok(_) => {}
+                Err(e) => return (Err(e), buf),
+            }
+            let received = tls.receive(&self.raw, &mut buf);
+            let mut out = Vec::new();
+            let _ = tls.take_output(&mut out);
+            if !out.is_empty() {
+                let (res, _) = self.stream.write_all(out).await;
+                if let Err(e) = res {
+                    return (Err(e), buf);
+                }
+            }
+            if let Err(e) = received {
+                return (Err(e), buf);
+            }
+            if buf.len() > before {
+                return (Ok(buf.len() - before), buf);
+            }
+        }
+    }
+
+    /// Writes `data` (encrypted when TLS is on).
+    async fn write_all(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+        let data = match self.tls.as_mut() {
+            Some(tls) => {
+                tls.send(&data)?;
+                let mut out = Vec::with_capacity(data.len() + 64);
+                tls.take_output(&mut out)?;
+                out
+            }
+            None => data,
+        };
+        self.stream.write_all(data).await.0.map(|_| ())
+    }
 }
 
 /// Reads the request head, authenticates and dispatches by route.
 async fn handshake(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: ConnPermit) {
     let _ = stream.set_nodelay(true);
+    let io = match Io::new(&shard, stream) {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot start a TLS session");
+            return;
+        }
+    };
     let timeout = Duration::from_millis(shard.shared.config.limits.handshake_timeout_ms);
-    let result = monoio::time::timeout(timeout, read_head(stream)).await;
-    let (mut stream, head, buf) = match result {
+    let result = monoio::time::timeout(timeout, read_head(io)).await;
+    let (mut io, head, buf) = match result {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return, // closed before sending a request
-        Ok(Err((mut stream, e))) => {
+        Ok(Err((mut io, e))) => {
             shard.metrics.handshake_failures.inc();
             tracing::debug!(%peer, error = %e, "bad request head");
-            let _ = stream.write_all(e.response()).await;
+            let _ = io.write_all(e.response()).await;
             return;
         }
         Err(_) => {
@@ -93,43 +192,38 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
     };
     let route = (head.method(), head.path());
     match route {
-        (http::Method::Get, "/connect") => websocket(shard, stream, head, buf, peer, permit).await,
+        (http::Method::Get, "/connect") => websocket(shard, io, head, buf, peer, permit).await,
         (http::Method::Post, "/send") => {
             let timeout = Duration::from_millis(shard.shared.config.limits.handshake_timeout_ms);
-            let _ = monoio::time::timeout(timeout, http_send(shard, stream, head, buf, peer, permit)).await;
+            let _ = monoio::time::timeout(timeout, http_send(shard, io, head, buf, peer, permit)).await;
         }
         (http::Method::Get, "/healthz") => {
-            let _ = stream
-                .write_all(http::response(200, "text/plain", b"ok\n", false))
-                .await;
+            let _ = io.write_all(http::response(200, "text/plain", b"ok\n", false)).await;
         }
         _ => {
             let body = http::error_body(ErrorCode::UnknownFrameType, "no such endpoint");
-            let _ = stream
+            let _ = io
                 .write_all(http::response(404, "application/json", &body, false))
                 .await;
         }
     }
 }
 
-type HeadResult = Result<Option<(TcpStream, RequestHead, BytesMut)>, (TcpStream, http::HttpError)>;
+type HeadResult = Result<Option<(Io, RequestHead, BytesMut)>, (Io, http::HttpError)>;
 
 /// Reads until a complete request head; returns it and the bytes after it.
-async fn read_head(mut stream: TcpStream) -> HeadResult {
+async fn read_head(mut io: Io) -> HeadResult {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         match http::parse_request(&buf) {
             Ok(Some((head, len))) => {
                 let _ = buf.split_to(len);
-                return Ok(Some((stream, head, buf)));
+                return Ok(Some((io, head, buf)));
             }
             Ok(None) => {}
-            Err(e) => return Err((stream, e)),
+            Err(e) => return Err((io, e)),
         }
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(1024);
-        }
-        let (res, b) = stream.read(buf).await;
+        let (res, b) = io.read_into(buf).await;
         buf = b;
         match res {
             Ok(0) | Err(_) => return Ok(None),
@@ -164,7 +258,7 @@ fn authenticate(shard: &Shard, head: &RequestHead) -> Result<Arc<Identity>, (Err
 
 async fn websocket(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut io: Io,
     head: RequestHead,
     leftover: BytesMut,
     peer: SocketAddr,
@@ -175,7 +269,7 @@ async fn websocket(
         Err(e) => {
             shard.metrics.handshake_failures.inc();
             tracing::debug!(%peer, error = %e, "bad websocket upgrade");
-            let _ = stream.write_all(e.response()).await;
+            let _ = io.write_all(e.response()).await;
             return;
         }
     };
@@ -183,20 +277,22 @@ async fn websocket(
         Ok(id) => id,
         Err((code, reason)) => {
             shard.metrics.handshake_failures.inc();
-            tracing::info!(%peer, code = code.name(), %reason, "authentication failed");
-            let _ = stream.write_all(http::error_response(code, &reason, false)).await;
+            if shard.log_limiter.allow() {
+                tracing::info!(%peer, code = code.name(), %reason, "authentication failed");
+            }
+            let _ = io.write_all(http::error_response(code, &reason, false)).await;
             return;
         }
     };
-    let (res, _) = stream.write_all(upgrade.response()).await;
-    if res.is_err() {
+    if io.write_all(upgrade.response()).await.is_err() {
         return;
     }
     let owner = shard.shared.owners.user(identity.user().as_str());
     if owner == shard.id {
-        run_websocket(shard, stream, leftover, identity, peer, permit).await;
+        run_websocket(shard, io, leftover, identity, peer, permit).await;
         return;
     }
+    let Io { stream, tls, .. } = io;
     // Hand the socket to the user's owner shard, so that every connection
     // of a user is one hop from any sender.
     let fd = stream.into_raw_fd();
@@ -205,6 +301,7 @@ async fn websocket(
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let handoff = Box::new(Handoff {
         fd,
+        tls,
         identity,
         leftover,
         peer,
@@ -215,9 +312,14 @@ async fn websocket(
         // The owner's queue is full: refuse rather than queue without bound.
         shard.metrics.cross_shard_full.inc();
         let std = std::net::TcpStream::from(h.fd);
-        if let Ok(mut s) = TcpStream::from_std(std) {
+        if let Ok(stream) = TcpStream::from_std(std) {
+            let mut io = Io {
+                stream,
+                tls: h.tls,
+                raw: BytesMut::new(),
+            };
             let frame = ws::close_frame(ErrorCode::Overloaded.close_code(), "server busy, retry");
-            let _ = s.write_all(frame).await;
+            let _ = io.write_all(frame).await;
         }
     }
 }
@@ -228,7 +330,12 @@ pub(crate) fn adopt(shard: &Shard, h: Handoff) {
     let std = std::net::TcpStream::from(h.fd);
     match TcpStream::from_std(std) {
         Ok(stream) => {
-            monoio::spawn(run_websocket(shard, stream, h.leftover, h.identity, h.peer, h.permit));
+            let io = Io {
+                stream,
+                tls: h.tls,
+                raw: BytesMut::new(),
+            };
+            monoio::spawn(run_websocket(shard, io, h.leftover, h.identity, h.peer, h.permit));
         }
         Err(e) => tracing::warn!(error = %e, "cannot adopt handed-over connection"),
     }
@@ -237,7 +344,7 @@ pub(crate) fn adopt(shard: &Shard, h: Handoff) {
 /// Drives an authenticated WebSocket connection on its owner shard.
 async fn run_websocket(
     shard: Rc<Shard>,
-    stream: TcpStream,
+    io: Io,
     mut buf: BytesMut,
     identity: Arc<Identity>,
     peer: SocketAddr,
@@ -251,9 +358,11 @@ async fn run_websocket(
     let span = tracing::debug_span!("conn", shard = shard.id.0, conn = id.slot, user = %identity.user());
     let _enter = span.enter();
     tracing::debug!(%peer, "connected");
+    let Io { stream, tls, mut raw } = io;
     let fd = stream.as_raw_fd();
+    let tls = tls.map(|t| Rc::new(RefCell::new(*t)));
     let (mut rd, wr) = stream.into_split();
-    monoio::spawn(write_loop(shard.clone(), id, wr, fd));
+    monoio::spawn(write_loop(shard.clone(), id, wr, fd, tls.clone()));
 
     let limits = Limits::default().with_max_envelope_len(shard.shared.config.limits.max_envelope_bytes);
     let mut decoder = WsDecoder::new(limits.max_frame_len());
@@ -293,14 +402,35 @@ async fn run_websocket(
             // interpreting frames.
             break;
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        let (res, b) = rd.read(buf).await;
-        buf = b;
+        let Some(tls) = &tls else {
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            let (res, b) = rd.read(buf).await;
+            buf = b;
+            match res {
+                Ok(0) | Err(_) => break,
+                Ok(_) => shard.seen(id, Instant::now()),
+            }
+            continue;
+        };
+        raw.clear();
+        raw.reserve(READ_CHUNK);
+        let (res, r) = rd.read(raw).await;
+        raw = r;
         match res {
             Ok(0) | Err(_) => break,
             Ok(_) => shard.seen(id, Instant::now()),
+        }
+        let mut session = tls.borrow_mut();
+        let received = session.receive(&raw, &mut buf);
+        if session.wants_write() {
+            // Alerts or post-handshake messages: let the writer send them.
+            shard.with_conn(id, |c| c.out.push(Out::Owned(Vec::new())));
+            shard.reply_wake(id);
+        }
+        if received.is_err() {
+            break;
         }
     }
     // Let the writer flush a pending close frame before the socket goes.
@@ -539,9 +669,17 @@ impl Reader<'_> {
     }
 }
 
-/// Writes a connection's queued frames in vectored batches.
-async fn write_loop(shard: Rc<Shard>, id: ConnId, mut wr: impl AsyncWriteRent, fd: i32) {
+/// Writes a connection's queued frames in vectored batches (or, with TLS,
+/// encrypted into one buffer per batch).
+async fn write_loop(
+    shard: Rc<Shard>,
+    id: ConnId,
+    mut wr: impl AsyncWriteRent,
+    fd: i32,
+    tls: Option<Rc<RefCell<TlsSession>>>,
+) {
     let mut batch = WriteBatch::default();
+    let mut cipher = Vec::new();
     loop {
         let next = poll_fn(|cx| match shard.poll_writer(id, cx.waker(), &mut batch) {
             WriterPoll::Pending => Poll::Pending,
@@ -550,27 +688,59 @@ async fn write_loop(shard: Rc<Shard>, id: ConnId, mut wr: impl AsyncWriteRent, f
         .await;
         match next {
             WriterPoll::Write => {
-                while !batch.is_empty() {
-                    let (res, b) = wr.writev(batch).await;
-                    batch = b;
-                    match res {
-                        Ok(n) if n > 0 => batch.advance(n),
-                        _ => {
-                            shard.writer_failed(id);
-                            shutdown_socket(fd);
-                            return;
+                let ok = match &tls {
+                    None => write_batch(&mut wr, &mut batch).await,
+                    Some(tls) => {
+                        cipher.clear();
+                        let encrypted = {
+                            let mut session = tls.borrow_mut();
+                            let sent = batch.try_for_each_chunk(|chunk| session.send(chunk));
+                            sent.and_then(|()| session.take_output(&mut cipher))
+                        };
+                        batch.clear();
+                        encrypted.is_ok() && {
+                            let (res, c) = wr.write_all(std::mem::take(&mut cipher)).await;
+                            cipher = c;
+                            res.is_ok()
                         }
                     }
+                };
+                if !ok {
+                    shard.writer_failed(id);
+                    shutdown_socket(fd);
+                    return;
                 }
                 shard.writer_flushed(id);
             }
             WriterPoll::Finish | WriterPoll::Pending => {
+                if let Some(tls) = &tls {
+                    cipher.clear();
+                    {
+                        let mut session = tls.borrow_mut();
+                        session.close();
+                        let _ = session.take_output(&mut cipher);
+                    }
+                    let _ = wr.write_all(std::mem::take(&mut cipher)).await;
+                }
                 shutdown_socket(fd);
                 shard.writer_flushed(id);
                 return;
             }
         }
     }
+}
+
+/// Writes the whole batch with `writev`; false if the socket failed.
+async fn write_batch(wr: &mut impl AsyncWriteRent, batch: &mut WriteBatch) -> bool {
+    while !batch.is_empty() {
+        let (res, b) = wr.writev(std::mem::take(batch)).await;
+        *batch = b;
+        match res {
+            Ok(n) if n > 0 => batch.advance(n),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Shuts the socket down both ways so the reader's pending read ends.
@@ -586,7 +756,7 @@ fn shutdown_socket(fd: i32) {
 /// `POST /send`: one envelope per request, answered 202 or with an error.
 async fn http_send(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut io: Io,
     head: RequestHead,
     mut buf: BytesMut,
     peer: SocketAddr,
@@ -596,7 +766,7 @@ async fn http_send(
         Ok(id) => id,
         Err((code, reason)) => {
             shard.metrics.handshake_failures.inc();
-            let _ = stream.write_all(http::error_response(code, &reason, false)).await;
+            let _ = io.write_all(http::error_response(code, &reason, false)).await;
             return;
         }
     };
@@ -605,7 +775,7 @@ async fn http_send(
     // Base64 in JSON inflates the payload by 4/3, plus the other fields.
     let max_body = if json { max_env / 3 * 4 + 8192 } else { max_env };
     let Some(len) = head.content_length() else {
-        let _ = stream
+        let _ = io
             .write_all(http::error_response(
                 ErrorCode::MalformedFrame,
                 "Content-Length required",
@@ -615,7 +785,7 @@ async fn http_send(
         return;
     };
     if len as usize > max_body {
-        let _ = stream
+        let _ = io
             .write_all(http::error_response(
                 ErrorCode::EnvelopeTooLarge,
                 "body too large",
@@ -624,16 +794,13 @@ async fn http_send(
             .await;
         return;
     }
-    if head.expect_continue() {
-        let (res, _) = stream.write_all(http::CONTINUE_RESPONSE).await;
-        if res.is_err() {
-            return;
-        }
+    if head.expect_continue() && io.write_all(http::CONTINUE_RESPONSE.to_vec()).await.is_err() {
+        return;
     }
     let len = len as usize;
     while buf.len() < len {
         buf.reserve(len - buf.len());
-        let (res, b) = stream.read(buf).await;
+        let (res, b) = io.read_into(buf).await;
         buf = b;
         match res {
             Ok(0) | Err(_) => return,
@@ -645,7 +812,7 @@ async fn http_send(
         match crate::frontend::http_json::envelope_from_json(&body, identity.user(), now_unix_ms()) {
             Ok(e) => Bytes::from(e),
             Err(reason) => {
-                let _ = stream
+                let _ = io
                     .write_all(http::error_response(ErrorCode::InvalidEnvelope, &reason, false))
                     .await;
                 return;
@@ -678,5 +845,5 @@ async fn http_send(
         Some(Reply::Error { code, reason, .. }) => http::error_response(code, reason, false),
         _ => http::error_response(ErrorCode::Internal, "no answer", false),
     };
-    let _ = stream.write_all(response).await;
+    let _ = io.write_all(response).await;
 }

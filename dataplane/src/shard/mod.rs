@@ -198,6 +198,8 @@ pub(crate) struct Shared {
     pub(crate) mesh: Arc<Mesh<Msg>>,
     pub(crate) metrics: Vec<Arc<ShardMetrics>>,
     pub(crate) verifier: crate::auth::Verifier,
+    /// TLS for the client port, when configured.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) shutting_down: AtomicBool,
     connections: AtomicUsize,
     /// Connections per peer address; touched only at connect and close.
@@ -205,8 +207,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, verifier: crate::auth::Verifier, shards: usize) -> Arc<Self> {
+    pub(crate) fn new(
+        config: Config,
+        verifier: crate::auth::Verifier,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        shards: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            tls,
             owners: Owners::new(shards, config.server.placement_seed),
             mesh: Mesh::new(shards, config.limits.cross_shard_queue),
             metrics: (0..shards).map(|_| Arc::new(ShardMetrics::default())).collect(),
@@ -301,6 +309,49 @@ impl Conn {
     }
 }
 
+/// Allows at most `per_sec` log lines per second (per shard).
+pub(crate) struct LogLimiter {
+    per_sec: u32,
+    window: Cell<Option<Instant>>,
+    used: Cell<u32>,
+    dropped: Cell<u64>,
+}
+
+impl LogLimiter {
+    pub(crate) fn new(per_sec: u32) -> Self {
+        Self {
+            per_sec,
+            window: Cell::new(None),
+            used: Cell::new(0),
+            dropped: Cell::new(0),
+        }
+    }
+
+    /// True if a line may be logged now.
+    pub(crate) fn allow(&self) -> bool {
+        let now = Instant::now();
+        if self
+            .window
+            .get()
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+        {
+            let dropped = self.dropped.replace(0);
+            if dropped > 0 {
+                tracing::info!(dropped, "log lines about bad input suppressed in the last second");
+            }
+            self.window.set(Some(now));
+            self.used.set(0);
+        }
+        if self.used.get() < self.per_sec {
+            self.used.set(self.used.get() + 1);
+            true
+        } else {
+            self.dropped.set(self.dropped.get() + 1);
+            false
+        }
+    }
+}
+
 /// Per-connection send rate limit.
 #[derive(Debug, Clone)]
 pub(crate) struct TokenBucket {
@@ -353,6 +404,9 @@ pub(crate) struct Shard {
     scratch: RefCell<Vec<(ShardId, Vec<ConnId>)>>,
     scratch_frame: RefCell<Vec<u8>>,
     pub(crate) stopping: Cell<bool>,
+    /// Rate limit for logs about bad input, so a flood of bad clients
+    /// cannot flood the logs.
+    pub(crate) log_limiter: LogLimiter,
     /// Woken when the last connection is gone (graceful shutdown).
     drained: RefCell<Option<Waker>>,
 }
@@ -373,6 +427,7 @@ impl Shard {
             scratch: RefCell::new(Vec::new()),
             scratch_frame: RefCell::new(Vec::with_capacity(512)),
             stopping: Cell::new(false),
+            log_limiter: LogLimiter::new(20),
             drained: RefCell::new(None),
         })
     }

@@ -172,6 +172,31 @@ impl WriteBatch {
         frames
     }
 
+    /// Calls `f` on every unwritten chunk, in order (for TLS, which
+    /// encrypts the plaintext instead of handing the iovecs to the kernel).
+    pub(crate) fn try_for_each_chunk<E>(&self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        debug_assert_eq!(self.start, 0, "chunks are taken from a fresh batch");
+        let mut owned = self.owned.iter();
+        for ((head, &len), env) in self.heads.iter().zip(&self.head_lens).zip(&self.envelopes) {
+            if len == 0 {
+                if let Some(v) = owned.next() {
+                    f(v)?;
+                }
+                continue;
+            }
+            f(&head[..usize::from(len)])?;
+            if !env.is_empty() {
+                f(env)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks everything as written.
+    pub(crate) fn clear(&mut self) {
+        self.start = self.iov.len();
+    }
+
     /// Records that `n` bytes were written.
     pub(crate) fn advance(&mut self, mut n: usize) {
         while n > 0 && self.start < self.iov.len() {
@@ -253,6 +278,28 @@ mod tests {
             assert_eq!(b.pending(), want[written..]);
         }
         b.advance(want.len() - written);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn chunks_match_the_iovecs() {
+        let mut q = OutQueue::default();
+        q.push(Out::Deliver {
+            envelope: Bytes::from_static(b"E1"),
+            redelivery: false,
+        });
+        q.push(Out::Owned(b"owned".to_vec()));
+        q.push(Out::frame(b"inline"));
+        let mut b = WriteBatch::default();
+        b.fill(&mut q);
+        let mut chunks = Vec::new();
+        b.try_for_each_chunk(|c| {
+            chunks.extend_from_slice(c);
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(chunks, b.pending());
+        b.clear();
         assert!(b.is_empty());
     }
 }
