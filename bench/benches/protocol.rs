@@ -31,8 +31,7 @@ fn sized_envelope(total: usize, full: bool) -> Vec<u8> {
         .ttl_ms(60_000)
         .payload(&payload);
         let b = if full {
-            b.sender_device(DeviceId::parse("phone-1").expect("valid"))
-                .content_type("application/octet-stream")
+            b.sender_device(DeviceId::parse("phone-1").expect("valid")).content_type("application/octet-stream")
         } else {
             b
         };
@@ -47,24 +46,13 @@ fn sized_envelope(total: usize, full: bool) -> Vec<u8> {
 fn verify(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope_verify_and_read_header");
     let limits = Limits::default();
-    for (name, size, full) in [
-        ("256", 256, true),
-        ("256-minimal", 256, false),
-        ("16384", 16 * 1024, true),
-    ] {
+    for (name, size, full) in [("256", 256, true), ("256-minimal", 256, false), ("16384", 16 * 1024, true)] {
         let bytes = sized_envelope(size, full);
         g.throughput(Throughput::Elements(1));
         g.bench_with_input(BenchmarkId::from_parameter(name), &bytes, |b, bytes| {
             b.iter(|| {
                 let env = Envelope::parse(black_box(bytes), &limits).expect("valid");
-                black_box((
-                    env.id(),
-                    env.sender(),
-                    env.destination(),
-                    env.flags(),
-                    env.ttl_ms(),
-                    env.created_at_ms(),
-                ));
+                black_box((env.id(), env.sender(), env.destination(), env.flags(), env.ttl_ms(), env.created_at_ms()));
             })
         });
     }
@@ -78,21 +66,8 @@ fn frames(c: &mut Criterion) {
     let bob = UserId::parse("bob").expect("valid");
     let cases = [
         ("send", Frame::Send { envelope: &env }),
-        (
-            "deliver",
-            Frame::Deliver {
-                redelivery: false,
-                envelope: &env,
-            },
-        ),
-        (
-            "accepted",
-            Frame::Accepted {
-                id,
-                outcome: Outcome::Delivered,
-                recipients: 1,
-            },
-        ),
+        ("deliver", Frame::Deliver { redelivery: false, envelope: &env }),
+        ("accepted", Frame::Accepted { id, outcome: Outcome::Delivered, recipients: 1 }),
         ("delivery_ack", Frame::DeliveryAck { id }),
         (
             "error",
@@ -106,21 +81,8 @@ fn frames(c: &mut Criterion) {
         ("join_room", Frame::JoinRoom { request_id: 1, room }),
         ("leave_room", Frame::LeaveRoom { request_id: 1, room }),
         ("done", Frame::Done { request_id: 1 }),
-        (
-            "presence_query",
-            Frame::PresenceQuery {
-                request_id: 1,
-                user: bob,
-            },
-        ),
-        (
-            "presence_result",
-            Frame::PresenceResult {
-                request_id: 1,
-                user: bob,
-                connections: 2,
-            },
-        ),
+        ("presence_query", Frame::PresenceQuery { request_id: 1, user: bob }),
+        ("presence_result", Frame::PresenceResult { request_id: 1, user: bob, connections: 2 }),
         ("ping", Frame::Ping { nonce: 7 }),
         ("pong", Frame::Pong { nonce: 7 }),
     ];
@@ -148,27 +110,20 @@ fn frames(c: &mut Criterion) {
     }
     // What the server really does per delivery: a 4-byte header, the
     // envelope bytes untouched.
-    g.bench_function("deliver_header", |b| {
-        b.iter(|| black_box(deliver_header(black_box(false))))
-    });
+    g.bench_function("deliver_header", |b| b.iter(|| black_box(deliver_header(black_box(false)))));
     g.finish();
 }
 
 /// The full receive path of one 256-byte send: frame decode, envelope
 /// verify, header read.
 fn receive_path(c: &mut Criterion) {
-    let frame = Frame::Send {
-        envelope: &envelope(256),
-    }
-    .to_vec();
+    let frame = Frame::Send { envelope: &envelope(256) }.to_vec();
     let limits = Limits::default();
     let mut g = c.benchmark_group("receive_send_frame");
     g.throughput(Throughput::Elements(1));
     g.bench_function("256", |b| {
         b.iter(|| {
-            let Ok(Frame::Send { envelope }) = Frame::decode(black_box(&frame), &limits) else {
-                unreachable!()
-            };
+            let Ok(Frame::Send { envelope }) = Frame::decode(black_box(&frame), &limits) else { unreachable!() };
             let env = Envelope::parse(envelope, &limits).expect("valid");
             black_box((env.id(), env.sender(), env.destination()));
         })

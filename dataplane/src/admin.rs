@@ -66,10 +66,7 @@ fn route(head: &http::RequestHead, shared: &Shared) -> Vec<u8> {
             let text = crate::metrics::render(&shared.metrics, shared.connections());
             http::response(200, "text/plain; version=0.0.4", text.as_bytes(), false)
         }
-        path => match path
-            .strip_prefix("/v1/users/")
-            .and_then(|p| p.strip_suffix("/presence"))
-        {
+        path => match path.strip_prefix("/v1/users/").and_then(|p| p.strip_suffix("/presence")) {
             Some(user) => presence(head, shared, user),
             None => json_error(404, ErrorCode::NotAMember, "no such endpoint"),
         },
@@ -96,10 +93,7 @@ fn presence(head: &http::RequestHead, shared: &Shared, user: &str) -> Vec<u8> {
     };
     let owner = shared.owners.user(user.as_str());
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let msg = Msg::Command(Command::Presence {
-        user: user.as_str().into(),
-        reply: tx,
-    });
+    let msg = Msg::Command(Command::Presence { user: user.as_str().into(), reply: tx });
     if shared.mesh.send(shared.mesh.outside(), owner, msg).is_err() {
         return http::error_response(ErrorCode::Overloaded, "shard busy", false);
     }

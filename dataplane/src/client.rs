@@ -21,12 +21,7 @@ impl Client {
     pub fn connect(url: &str, token: &str) -> anyhow::Result<Self> {
         let mut request = url.into_client_request().context("invalid URL")?;
         let headers = request.headers_mut();
-        headers.insert(
-            "Authorization",
-            format!("Bearer {token}")
-                .parse()
-                .context("token is not a header value")?,
-        );
+        headers.insert("Authorization", format!("Bearer {token}").parse().context("token is not a header value")?);
         headers.insert("Sec-WebSocket-Protocol", "switchboard.v1".parse()?);
         let uri = request.uri();
         let host = uri.host().context("URL has no host")?;
@@ -104,8 +99,5 @@ pub fn token_subject(token: &str) -> anyhow::Result<String> {
         .decode(payload.trim_end_matches('='))
         .context("token payload is not base64url")?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).context("token payload is not JSON")?;
-    claims["sub"]
-        .as_str()
-        .map(str::to_owned)
-        .context("token has no sub claim")
+    claims["sub"].as_str().map(str::to_owned).context("token has no sub claim")
 }

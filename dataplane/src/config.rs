@@ -207,14 +207,8 @@ impl Config {
     /// Reads a TOML file, or returns the defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else { return Ok(Self::default()) };
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            source: Box::new(e),
-        })
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })
     }
 
     /// Checks values that parse but cannot work.
@@ -265,10 +259,7 @@ impl Config {
             (load_or_create_secret(&path)?, path.display().to_string())
         };
         if secret.len() < MIN_SECRET_LEN {
-            return Err(ConfigError::WeakSecret {
-                from,
-                len: secret.len(),
-            });
+            return Err(ConfigError::WeakSecret { from, len: secret.len() });
         }
         Ok(secret)
     }
@@ -291,10 +282,7 @@ pub fn default_data_dir() -> PathBuf {
 /// 0600). Creation is exclusive, so two processes starting together agree
 /// on one secret.
 fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let err = |source| ConfigError::DataDir {
-        path: path.into(),
-        source,
-    };
+    let err = |source| ConfigError::DataDir { path: path.into(), source };
     match fs::read(path) {
         Ok(s) => return Ok(trim_newline(s)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -307,12 +295,7 @@ fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
     getrandom::fill(&mut raw).map_err(|e| err(e.into()))?;
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
     f.write_all(hex.as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
     // hard_link fails if another process created the file first; then use theirs.
     let linked = fs::hard_link(&tmp, path);
@@ -365,10 +348,7 @@ mod tests {
             return; // The environment overrides the file; nothing to test here.
         }
         let c = Config {
-            auth: AuthConfig {
-                jwt_secret: Some("short".into()),
-                ..Default::default()
-            },
+            auth: AuthConfig { jwt_secret: Some("short".into()), ..Default::default() },
             ..Default::default()
         };
         assert!(matches!(c.jwt_secret(), Err(ConfigError::WeakSecret { len: 5, .. })));

@@ -60,10 +60,7 @@ pub struct Histogram {
 impl Histogram {
     /// Records one observation in µs.
     pub fn observe_us(&self, us: u64) {
-        let i = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
+        let i = LATENCY_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(LATENCY_BUCKETS_US.len());
         self.buckets[i].inc();
         self.sum_us.add(us);
     }
@@ -111,11 +108,7 @@ pub struct RejectCounters {
 impl RejectCounters {
     /// Counts a rejection with `code`.
     pub fn inc(&self, code: switchboard_protocol::ErrorCode) {
-        let i = switchboard_protocol::ErrorCode::ALL
-            .iter()
-            .position(|c| *c == code)
-            .unwrap_or(31)
-            .min(31);
+        let i = switchboard_protocol::ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(31).min(31);
         self.counts[i].inc();
     }
 }
@@ -162,78 +155,30 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], open_connections: usize) 
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP switchboard_{name} {help}\n# TYPE switchboard_{name} {kind}");
     };
-    family(
-        &mut o,
-        "io_uring",
-        "gauge",
-        "1 if the shard runs on io_uring, 0 on the epoll fallback.",
-    );
+    family(&mut o, "io_uring", "gauge", "1 if the shard runs on io_uring, 0 on the epoll fallback.");
     for (i, m) in shards.iter().enumerate() {
         let _ = writeln!(o, "switchboard_io_uring{{shard=\"{i}\"}} {}", m.uring.get());
     }
     family(&mut o, "connections", "gauge", "Open client connections by protocol.");
     for (i, m) in shards.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "switchboard_connections{{shard=\"{i}\",protocol=\"ws\"}} {}",
-            m.ws_open.get()
-        );
-        let _ = writeln!(
-            o,
-            "switchboard_connections{{shard=\"{i}\",protocol=\"http\"}} {}",
-            m.http_open.get()
-        );
+        let _ = writeln!(o, "switchboard_connections{{shard=\"{i}\",protocol=\"ws\"}} {}", m.ws_open.get());
+        let _ = writeln!(o, "switchboard_connections{{shard=\"{i}\",protocol=\"http\"}} {}", m.http_open.get());
     }
-    family(
-        &mut o,
-        "connections_open",
-        "gauge",
-        "Open connections counted against the global limit.",
-    );
+    family(&mut o, "connections_open", "gauge", "Open connections counted against the global limit.");
     let _ = writeln!(o, "switchboard_connections_open {open_connections}");
-    family(
-        &mut o,
-        "connections_total",
-        "counter",
-        "Connections accepted by protocol.",
-    );
+    family(&mut o, "connections_total", "counter", "Connections accepted by protocol.");
     for (i, m) in shards.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "switchboard_connections_total{{shard=\"{i}\",protocol=\"ws\"}} {}",
-            m.ws_total.get()
-        );
-        let _ = writeln!(
-            o,
-            "switchboard_connections_total{{shard=\"{i}\",protocol=\"http\"}} {}",
-            m.http_total.get()
-        );
+        let _ = writeln!(o, "switchboard_connections_total{{shard=\"{i}\",protocol=\"ws\"}} {}", m.ws_total.get());
+        let _ = writeln!(o, "switchboard_connections_total{{shard=\"{i}\",protocol=\"http\"}} {}", m.http_total.get());
     }
-    family(
-        &mut o,
-        "envelopes_in_total",
-        "counter",
-        "Envelopes received and verified.",
-    );
+    family(&mut o, "envelopes_in_total", "counter", "Envelopes received and verified.");
     for (i, m) in shards.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "switchboard_envelopes_in_total{{shard=\"{i}\"}} {}",
-            m.envelopes_in.get()
-        );
+        let _ = writeln!(o, "switchboard_envelopes_in_total{{shard=\"{i}\"}} {}", m.envelopes_in.get());
     }
-    family(
-        &mut o,
-        "envelopes_routed_total",
-        "counter",
-        "Envelopes routed, by route and outcome.",
-    );
+    family(&mut o, "envelopes_routed_total", "counter", "Envelopes routed, by route and outcome.");
     for (i, m) in shards.iter().enumerate() {
         for (k, route) in ["user", "room"].iter().enumerate() {
-            for (w, outcome) in ["delivered", "recipient-offline", "stored", "duplicate"]
-                .iter()
-                .enumerate()
-            {
+            for (w, outcome) in ["delivered", "recipient-offline", "stored", "duplicate"].iter().enumerate() {
                 let v = m.routed[k][w].get();
                 let _ = writeln!(
                     o,
@@ -242,73 +187,35 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], open_connections: usize) 
             }
         }
     }
-    family(
-        &mut o,
-        "envelopes_out_total",
-        "counter",
-        "Envelope copies queued to connections.",
-    );
+    family(&mut o, "envelopes_out_total", "counter", "Envelope copies queued to connections.");
     for (i, m) in shards.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "switchboard_envelopes_out_total{{shard=\"{i}\"}} {}",
-            m.delivered.get()
-        );
+        let _ = writeln!(o, "switchboard_envelopes_out_total{{shard=\"{i}\"}} {}", m.delivered.get());
     }
-    family(
-        &mut o,
-        "envelopes_rejected_total",
-        "counter",
-        "Sends answered with an error, by code.",
-    );
+    family(&mut o, "envelopes_rejected_total", "counter", "Sends answered with an error, by code.");
     for (i, m) in shards.iter().enumerate() {
         for (j, code) in switchboard_protocol::ErrorCode::ALL.iter().enumerate().take(31) {
             let v = m.rejected.counts[j].get();
             if v > 0 {
-                let _ = writeln!(
-                    o,
-                    "switchboard_envelopes_rejected_total{{shard=\"{i}\",code=\"{}\"}} {v}",
-                    code.name()
-                );
+                let _ =
+                    writeln!(o, "switchboard_envelopes_rejected_total{{shard=\"{i}\",code=\"{}\"}} {v}", code.name());
             }
         }
     }
-    family(
-        &mut o,
-        "cross_shard_queue_depth",
-        "gauge",
-        "Messages waiting in a shard's inbound queues.",
-    );
+    family(&mut o, "cross_shard_queue_depth", "gauge", "Messages waiting in a shard's inbound queues.");
     for (i, m) in shards.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "switchboard_cross_shard_queue_depth{{shard=\"{i}\"}} {}",
-            m.queue_depth.get()
-        );
+        let _ = writeln!(o, "switchboard_cross_shard_queue_depth{{shard=\"{i}\"}} {}", m.queue_depth.get());
     }
     type Read = fn(&ShardMetrics) -> u64;
     let counters: [(&str, &str, Read); 5] = [
-        (
-            "cross_shard_full_total",
-            "Cross-shard messages refused because a queue was full.",
-            |m| m.cross_shard_full.get(),
-        ),
-        (
-            "queue_overflow_total",
-            "Deliveries refused because a connection's queue was over its bound.",
-            |m| m.queue_overflow.get(),
-        ),
-        (
-            "slow_consumer_disconnects_total",
-            "Connections closed as slow consumers.",
-            |m| m.slow_consumers.get(),
-        ),
-        ("handoffs_total", "Connections handed to their owner shard.", |m| {
-            m.handoffs.get()
+        ("cross_shard_full_total", "Cross-shard messages refused because a queue was full.", |m| {
+            m.cross_shard_full.get()
         }),
-        ("handshake_failures_total", "Handshakes refused.", |m| {
-            m.handshake_failures.get()
+        ("queue_overflow_total", "Deliveries refused because a connection's queue was over its bound.", |m| {
+            m.queue_overflow.get()
         }),
+        ("slow_consumer_disconnects_total", "Connections closed as slow consumers.", |m| m.slow_consumers.get()),
+        ("handoffs_total", "Connections handed to their owner shard.", |m| m.handoffs.get()),
+        ("handshake_failures_total", "Handshakes refused.", |m| m.handshake_failures.get()),
     ];
     for (name, help, get) in counters {
         family(&mut o, name, "counter", help);
@@ -316,33 +223,19 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], open_connections: usize) 
             let _ = writeln!(o, "switchboard_{name}{{shard=\"{i}\"}} {}", get(m));
         }
     }
-    family(
-        &mut o,
-        "route_latency_seconds",
-        "histogram",
-        "Time from a send's arrival to its answer being queued.",
-    );
+    family(&mut o, "route_latency_seconds", "histogram", "Time from a send's arrival to its answer being queued.");
     for (i, m) in shards.iter().enumerate() {
         let mut cumulative = 0;
         for (b, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
             cumulative += m.route_latency.buckets[b].get();
             let le = *bound as f64 / 1e6;
-            let _ = writeln!(
-                o,
-                "switchboard_route_latency_seconds_bucket{{shard=\"{i}\",le=\"{le}\"}} {cumulative}"
-            );
+            let _ = writeln!(o, "switchboard_route_latency_seconds_bucket{{shard=\"{i}\",le=\"{le}\"}} {cumulative}");
         }
         cumulative += m.route_latency.buckets[LATENCY_BUCKETS_US.len()].get();
-        let _ = writeln!(
-            o,
-            "switchboard_route_latency_seconds_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
-        );
+        let _ = writeln!(o, "switchboard_route_latency_seconds_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}");
         let sum = m.route_latency.sum_us.get() as f64 / 1e6;
         let _ = writeln!(o, "switchboard_route_latency_seconds_sum{{shard=\"{i}\"}} {sum}");
-        let _ = writeln!(
-            o,
-            "switchboard_route_latency_seconds_count{{shard=\"{i}\"}} {cumulative}"
-        );
+        let _ = writeln!(o, "switchboard_route_latency_seconds_count{{shard=\"{i}\"}} {cumulative}");
     }
     o
 }

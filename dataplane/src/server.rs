@@ -70,11 +70,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             Err(_) => bail!("a shard exited during start-up"),
         }
     }
-    let driver_name = if drivers.iter().all(|d| *d == "io_uring") {
-        "io_uring"
-    } else {
-        "epoll"
-    };
+    let driver_name = if drivers.iter().all(|d| *d == "io_uring") { "io_uring" } else { "epoll" };
     tracing::info!(%client_addr, %admin_addr, shards, driver = driver_name, "switchboard ready");
     println!(
         "{}",
@@ -128,9 +124,7 @@ fn reload_keys(shared: &Arc<Shared>) {
     match shared.verifier.reload() {
         Ok(v) => {
             for i in 0..shared.mesh.shards() {
-                broadcast(shared, ShardId(i as u16), || {
-                    Msg::Command(Command::ReloadKeys(v.clone()))
-                });
+                broadcast(shared, ShardId(i as u16), || Msg::Command(Command::ReloadKeys(v.clone())));
             }
             tracing::info!("keys reloaded");
         }
@@ -163,18 +157,16 @@ fn run_shard(
     let _enter = span.enter();
     let main = shard_main(shared, id, listener, grace, ready.clone());
     let result = match driver {
-        IoDriver::Auto => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(main)),
+        IoDriver::Auto => {
+            monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(main))
+        }
         IoDriver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
             .build()
             .map(|mut rt| rt.block_on(main)),
-        IoDriver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(main)),
+        IoDriver::Epoll => {
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(main))
+        }
     };
     if let Err(e) = result {
         let _ = ready.send(Err(format!("cannot start the {driver:?} I/O driver: {e}")));
@@ -202,6 +194,7 @@ async fn shard_main(shared: Arc<Shared>, id: ShardId, listener: std::net::TcpLis
         shared.mesh.wait(id).await;
         loop {
             let n = shared.mesh.drain(id, BATCH, |_, msg| shard.handle(msg));
+            shard.flush_backlog();
             if n < BATCH || shard.stopping.get() {
                 break;
             }

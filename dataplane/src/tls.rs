@@ -51,9 +51,7 @@ pub struct TlsSession {
 impl TlsSession {
     /// A new server session.
     pub fn new(config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
-        rustls::ServerConnection::new(config)
-            .map(|conn| Self { conn })
-            .map_err(io::Error::other)
+        rustls::ServerConnection::new(config).map(|conn| Self { conn }).map_err(io::Error::other)
     }
 
     /// True until the handshake is complete.
@@ -72,10 +70,7 @@ impl TlsSession {
     pub fn receive(&mut self, mut ciphertext: &[u8], plain: &mut BytesMut) -> io::Result<()> {
         while !ciphertext.is_empty() {
             let n = self.conn.read_tls(&mut ciphertext)?;
-            let state = self
-                .conn
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let state = self.conn.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             self.drain_plaintext(plain, state.plaintext_bytes_to_read())?;
             if n == 0 {
                 break;
@@ -142,12 +137,7 @@ mod tests {
         let key = dir.path().join("k.pem");
         std::fs::write(&cert, TEST_CERT).unwrap();
         std::fs::write(&key, TEST_KEY).unwrap();
-        server_config(&TlsConfig {
-            cert_file: Some(cert),
-            key_file: Some(key),
-        })
-        .unwrap()
-        .unwrap()
+        server_config(&TlsConfig { cert_file: Some(cert), key_file: Some(key) }).unwrap().unwrap()
     }
 
     #[test]

@@ -54,11 +54,7 @@ impl EnvelopeFlags {
 
     /// Flags from their wire bits; `None` if an undefined bit is set.
     pub const fn from_bits(bits: u16) -> Option<Self> {
-        if bits & !Self::ALL.0 == 0 {
-            Some(Self(bits))
-        } else {
-            None
-        }
+        if bits & !Self::ALL.0 == 0 { Some(Self(bits)) } else { None }
     }
 
     /// The wire bits.
@@ -78,10 +74,7 @@ impl EnvelopeFlags {
 
     /// Names of the set flags, in bit order.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
-        Self::NAMES
-            .into_iter()
-            .filter(move |(_, f)| self.contains(*f))
-            .map(|(n, _)| n)
+        Self::NAMES.into_iter().filter(move |(_, f)| self.contains(*f)).map(|(n, _)| n)
     }
 }
 
@@ -195,10 +188,7 @@ impl<'a> Envelope<'a> {
     /// and metadata are validated. Allocates only on the error path.
     pub fn parse(bytes: &'a [u8], limits: &Limits) -> Result<Self, EnvelopeError> {
         if bytes.len() > limits.max_envelope_len {
-            return Err(EnvelopeError::TooLarge {
-                len: bytes.len(),
-                max: limits.max_envelope_len,
-            });
+            return Err(EnvelopeError::TooLarge { len: bytes.len(), max: limits.max_envelope_len });
         }
         if bytes.len() < MIN_ENVELOPE_LEN {
             return Err(EnvelopeError::Truncated { len: bytes.len() });
@@ -250,10 +240,7 @@ impl<'a> Envelope<'a> {
         }
         if let Some(md) = self.table.metadata() {
             if md.len() > limits.max_metadata_entries {
-                return Err(EnvelopeError::TooManyMetadata {
-                    count: md.len(),
-                    max: limits.max_metadata_entries,
-                });
+                return Err(EnvelopeError::TooManyMetadata { count: md.len(), max: limits.max_metadata_entries });
             }
             for (index, kv) in md.iter().enumerate() {
                 let key = kv.key();
@@ -349,11 +336,7 @@ impl<'a> Envelope<'a> {
 
     /// Metadata entries in wire order.
     pub fn metadata(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        self.table
-            .metadata()
-            .into_iter()
-            .flatten()
-            .map(|kv| (kv.key(), kv.value()))
+        self.table.metadata().into_iter().flatten().map(|kv| (kv.key(), kv.value()))
     }
 
     /// The opaque payload.

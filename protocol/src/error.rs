@@ -258,11 +258,7 @@ mod tests {
         // MQTT 5 §3.4.2.1 and §3.9.3: reason codes a PUBACK or SUBACK may carry.
         const PUBACK: &[u8] = &[0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
         for &c in ErrorCode::ALL.iter().filter(|c| !c.is_fatal()) {
-            assert!(
-                PUBACK.contains(&c.mqtt_reason()),
-                "{c} maps to {:#x}, not valid in PUBACK",
-                c.mqtt_reason()
-            );
+            assert!(PUBACK.contains(&c.mqtt_reason()), "{c} maps to {:#x}, not valid in PUBACK", c.mqtt_reason());
         }
         let mut closes = std::collections::HashMap::new();
         for &c in ErrorCode::ALL.iter().filter(|c| c.close_code() >= 4000) {

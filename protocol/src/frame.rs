@@ -336,10 +336,7 @@ impl<'a> Frame<'a> {
             return Err(FrameError::TooLarge { len: buf.len(), max });
         }
         let Some((header, body)) = buf.split_first_chunk::<FRAME_HEADER_LEN>() else {
-            return Err(FrameError::Truncated {
-                len: buf.len(),
-                need: FRAME_HEADER_LEN,
-            });
+            return Err(FrameError::Truncated { len: buf.len(), need: FRAME_HEADER_LEN });
         };
         let &[version, ty, flags, reserved] = header;
         if version != VERSION {
@@ -349,19 +346,12 @@ impl<'a> Frame<'a> {
         if reserved != 0 || flags & !ty.defined_flags() != 0 {
             return Err(FrameError::Reserved(ty));
         }
-        let mut r = Reader {
-            ty,
-            body,
-            total: buf.len(),
-        };
+        let mut r = Reader { ty, body, total: buf.len() };
         let frame = match ty {
-            FrameType::Send => Self::Send {
-                envelope: r.envelope()?,
-            },
-            FrameType::Deliver => Self::Deliver {
-                redelivery: flags & DELIVER_FLAG_REDELIVERY != 0,
-                envelope: r.envelope()?,
-            },
+            FrameType::Send => Self::Send { envelope: r.envelope()? },
+            FrameType::Deliver => {
+                Self::Deliver { redelivery: flags & DELIVER_FLAG_REDELIVERY != 0, envelope: r.envelope()? }
+            }
             FrameType::Accepted => {
                 let id = r.id()?;
                 let outcome = r.u8()?;
@@ -369,11 +359,7 @@ impl<'a> Frame<'a> {
                 r.zeros(3)?;
                 let recipients = r.u32()?;
                 r.end()?;
-                Self::Accepted {
-                    id,
-                    outcome,
-                    recipients,
-                }
+                Self::Accepted { id, outcome, recipients }
             }
             FrameType::DeliveryAck => {
                 let id = r.id()?;
@@ -427,20 +413,12 @@ impl<'a> Frame<'a> {
                 let request_id = r.u32()?;
                 let connections = r.u32()?;
                 let user = UserId::from_bytes(r.rest()).map_err(FrameError::Name)?;
-                Self::PresenceResult {
-                    request_id,
-                    user,
-                    connections,
-                }
+                Self::PresenceResult { request_id, user, connections }
             }
             FrameType::Ping | FrameType::Pong => {
                 let nonce = r.u64()?;
                 r.end()?;
-                if ty == FrameType::Ping {
-                    Self::Ping { nonce }
-                } else {
-                    Self::Pong { nonce }
-                }
+                if ty == FrameType::Ping { Self::Ping { nonce } } else { Self::Pong { nonce } }
             }
         };
         Ok(frame)
@@ -488,15 +466,8 @@ impl<'a> Frame<'a> {
         let flags = match self {
             Self::Deliver { redelivery: true, .. } => DELIVER_FLAG_REDELIVERY,
             Self::Error(e) => {
-                (if e.envelope_id.is_some() {
-                    ERROR_FLAG_ENVELOPE_ID
-                } else {
-                    0
-                }) | (if e.request_id.is_some() {
-                    ERROR_FLAG_REQUEST_ID
-                } else {
-                    0
-                })
+                (if e.envelope_id.is_some() { ERROR_FLAG_ENVELOPE_ID } else { 0 })
+                    | (if e.request_id.is_some() { ERROR_FLAG_REQUEST_ID } else { 0 })
             }
             _ => 0,
         };
@@ -504,11 +475,7 @@ impl<'a> Frame<'a> {
         out.extend_from_slice(&[VERSION, self.frame_type() as u8, flags, 0]);
         match self {
             Self::Send { envelope } | Self::Deliver { envelope, .. } => out.extend_from_slice(envelope),
-            Self::Accepted {
-                id,
-                outcome,
-                recipients,
-            } => {
+            Self::Accepted { id, outcome, recipients } => {
                 out.extend_from_slice(&id.0);
                 out.extend_from_slice(&[outcome.wire(), 0, 0, 0]);
                 out.extend_from_slice(&recipients.to_le_bytes());
@@ -530,11 +497,7 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&request_id.to_le_bytes());
                 out.extend_from_slice(user.as_str().as_bytes());
             }
-            Self::PresenceResult {
-                request_id,
-                user,
-                connections,
-            } => {
+            Self::PresenceResult { request_id, user, connections } => {
                 out.extend_from_slice(&request_id.to_le_bytes());
                 out.extend_from_slice(&connections.to_le_bytes());
                 out.extend_from_slice(user.as_str().as_bytes());
@@ -578,10 +541,7 @@ impl<'a> Reader<'a> {
                 self.body = rest;
                 Ok(*head)
             }
-            None => Err(FrameError::Truncated {
-                len: self.total,
-                need: self.total - self.body.len() + N,
-            }),
+            None => Err(FrameError::Truncated { len: self.total, need: self.total - self.body.len() + N }),
         }
     }
 
@@ -626,11 +586,7 @@ impl<'a> Reader<'a> {
     }
 
     fn end(&self) -> Result<(), FrameError> {
-        if self.body.is_empty() {
-            Ok(())
-        } else {
-            Err(FrameError::TrailingBytes(self.ty))
-        }
+        if self.body.is_empty() { Ok(()) } else { Err(FrameError::TrailingBytes(self.ty)) }
     }
 }
 

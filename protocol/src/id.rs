@@ -69,11 +69,7 @@ fn check_name(what: &'static str, s: &str, max: usize) -> Result<(), IdError> {
         return Err(IdError::Empty { what });
     }
     if s.len() > max {
-        return Err(IdError::TooLong {
-            what,
-            len: s.len(),
-            max,
-        });
+        return Err(IdError::TooLong { what, len: s.len(), max });
     }
     match s.bytes().position(|b| !NAME_BYTES[usize::from(b)]) {
         Some(at) => Err(IdError::BadCharacter { what, at }),
@@ -264,11 +260,7 @@ impl EnvelopeId {
     /// Builds a UUIDv7 from a Unix timestamp in milliseconds and 10 random
     /// bytes (the caller supplies both: this crate has no clock and no RNG).
     pub const fn new_v7(unix_ms: u64, random: &[u8; 10]) -> Self {
-        Self(
-            *uuid::Builder::from_unix_timestamp_millis(unix_ms, random)
-                .as_uuid()
-                .as_bytes(),
-        )
+        Self(*uuid::Builder::from_unix_timestamp_millis(unix_ms, random).as_uuid().as_bytes())
     }
 
     /// Reads an id from exactly 16 bytes.
@@ -304,9 +296,7 @@ impl FromStr for EnvelopeId {
 
     /// Parses a UUID in hyphenated or simple (32 hex digits) form.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::try_parse(s)
-            .map(|u| Self(*u.as_bytes()))
-            .map_err(|_| IdError::BadEnvelopeId)
+        uuid::Uuid::try_parse(s).map(|u| Self(*u.as_bytes())).map_err(|_| IdError::BadEnvelopeId)
     }
 }
 
@@ -320,25 +310,15 @@ mod tests {
         assert!(UserId::parse("a.b-c_d@example.com").is_ok());
         assert!(UserId::parse("tenant:42~x=y").is_ok());
         assert_eq!(UserId::parse(""), Err(IdError::Empty { what: "user id" }));
-        assert_eq!(
-            UserId::parse("a/b"),
-            Err(IdError::BadCharacter { what: "user id", at: 1 })
-        );
-        assert_eq!(
-            UserId::parse("a+b").unwrap_err(),
-            IdError::BadCharacter { what: "user id", at: 1 }
-        );
+        assert_eq!(UserId::parse("a/b"), Err(IdError::BadCharacter { what: "user id", at: 1 }));
+        assert_eq!(UserId::parse("a+b").unwrap_err(), IdError::BadCharacter { what: "user id", at: 1 });
         assert!(UserId::parse("#").is_err());
         assert!(UserId::parse("a b").is_err());
         assert!(UserId::parse("é").is_err());
         assert!(UserId::parse(&"x".repeat(MAX_USER_ID_LEN)).is_ok());
         assert_eq!(
             UserId::parse(&"x".repeat(MAX_USER_ID_LEN + 1)),
-            Err(IdError::TooLong {
-                what: "user id",
-                len: 129,
-                max: 128
-            })
+            Err(IdError::TooLong { what: "user id", len: 129, max: 128 })
         );
         assert!(DeviceId::parse(&"d".repeat(MAX_DEVICE_ID_LEN + 1)).is_err());
         assert!(UserId::from_bytes(b"\xff\xfe").is_err());
@@ -351,10 +331,7 @@ mod tests {
         assert_eq!(d.name(), "bob");
         assert_eq!(d.to_string(), "user:bob");
         assert_eq!(Destination::parse("room:lobby:1").unwrap().name(), "lobby:1");
-        assert_eq!(
-            Destination::parse("service:billing").unwrap().kind(),
-            DestinationKind::Service
-        );
+        assert_eq!(Destination::parse("service:billing").unwrap().kind(), DestinationKind::Service);
         assert_eq!(Destination::parse("bob"), Err(IdError::BadDestination));
         assert_eq!(Destination::parse("group:x"), Err(IdError::BadDestination));
         assert!(Destination::parse("user:").is_err());

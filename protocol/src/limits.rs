@@ -39,11 +39,7 @@ impl Limits {
     /// Limits with a different maximum envelope size, clamped to
     /// [`MAX_ENVELOPE_LEN_CEILING`].
     pub const fn with_max_envelope_len(mut self, len: usize) -> Self {
-        self.max_envelope_len = if len > MAX_ENVELOPE_LEN_CEILING {
-            MAX_ENVELOPE_LEN_CEILING
-        } else {
-            len
-        };
+        self.max_envelope_len = if len > MAX_ENVELOPE_LEN_CEILING { MAX_ENVELOPE_LEN_CEILING } else { len };
         self
     }
 
@@ -55,9 +51,6 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_envelope_len: MAX_ENVELOPE_LEN,
-            max_metadata_entries: MAX_METADATA_ENTRIES,
-        }
+        Self { max_envelope_len: MAX_ENVELOPE_LEN, max_metadata_entries: MAX_METADATA_ENTRIES }
     }
 }

@@ -47,11 +47,7 @@ impl TopicError {
 
 /// Classifies a topic a client published to.
 pub fn inbound(topic: &str) -> Result<Inbound, TopicError> {
-    if topic == SEND_TOPIC {
-        Ok(Inbound::Send)
-    } else {
-        Err(TopicError::NotPublishable)
-    }
+    if topic == SEND_TOPIC { Ok(Inbound::Send) } else { Err(TopicError::NotPublishable) }
 }
 
 /// The topic the server publishes `user`'s deliveries to.
@@ -105,15 +101,8 @@ mod tests {
     fn subscribe_only_to_own_topic() {
         let bob = user("bob");
         assert_eq!(authorize_subscribe(bob, "clients/bob/receive"), Ok(()));
-        for f in [
-            "clients/alice/receive",
-            "clients/+/receive",
-            "clients/#",
-            "#",
-            "clients/bob/+",
-            "envelopes/send",
-            "",
-        ] {
+        for f in ["clients/alice/receive", "clients/+/receive", "clients/#", "#", "clients/bob/+", "envelopes/send", ""]
+        {
             assert_eq!(authorize_subscribe(bob, f), Err(TopicError::NotSubscribable), "{f}");
         }
         assert_eq!(TopicError::NotSubscribable.code().mqtt_reason(), 0x87);

@@ -28,16 +28,10 @@ pub fn split_frame(buf: &[u8], max_frame_len: usize) -> Result<Option<(&[u8], us
     };
     let len = u32::from_le_bytes(*prefix) as usize;
     if len > max_frame_len {
-        return Err(FrameError::TooLarge {
-            len,
-            max: max_frame_len,
-        });
+        return Err(FrameError::TooLarge { len, max: max_frame_len });
     }
     if len == 0 {
-        return Err(FrameError::Truncated {
-            len: 0,
-            need: crate::frame::FRAME_HEADER_LEN,
-        });
+        return Err(FrameError::Truncated { len: 0, need: crate::frame::FRAME_HEADER_LEN });
     }
     Ok(rest.get(..len).map(|frame| (frame, LEN_PREFIX + len)))
 }
@@ -55,10 +49,7 @@ mod tests {
         assert_eq!(split_frame(&buf[7..], 10), Ok(Some((&buf[11..12], 5))));
         assert_eq!(split_frame(&buf[..6], 10), Ok(None));
         assert_eq!(split_frame(&buf[..3], 10), Ok(None));
-        assert_eq!(
-            split_frame(&[11, 0, 0, 0], 10),
-            Err(FrameError::TooLarge { len: 11, max: 10 })
-        );
+        assert_eq!(split_frame(&[11, 0, 0, 0], 10), Err(FrameError::TooLarge { len: 11, max: 10 }));
         assert!(split_frame(&[0, 0, 0, 0], 10).is_err());
         assert_eq!(len_prefix(258), [2, 1, 0, 0]);
     }

@@ -63,12 +63,7 @@ fn blocks(doc: &str) -> Vec<Block<'_>> {
     for line in doc.lines() {
         let fence = line.trim_start().strip_prefix("```");
         match (&mut open, fence) {
-            (None, Some(info)) => {
-                open = Some(Block {
-                    info: info.trim(),
-                    lines: Vec::new(),
-                })
-            }
+            (None, Some(info)) => open = Some(Block { info: info.trim(), lines: Vec::new() }),
             (Some(_), Some("")) => out.push(open.take().unwrap()),
             (Some(b), _) => b.lines.push(line),
             (None, None) => {}
@@ -97,10 +92,7 @@ fn decode_hex(name: &str, lines: &[&str]) -> Vec<u8> {
             );
         }
         let digits: String = data.split_whitespace().collect();
-        assert!(
-            digits.len().is_multiple_of(2),
-            "{name}: odd number of hex digits in {line:?}"
-        );
+        assert!(digits.len().is_multiple_of(2), "{name}: odd number of hex digits in {line:?}");
         for i in (0..digits.len()).step_by(2) {
             let b = u8::from_str_radix(&digits[i..i + 2], 16)
                 .unwrap_or_else(|_| panic!("{name}: not hex: {:?} in {line:?}", &digits[i..i + 2]));
@@ -122,10 +114,7 @@ fn hex_blocks() -> BTreeMap<String, Vec<u8>> {
         let name = words.next().expect("a hex block needs a name: ```hex <name>");
         assert_eq!(words.next(), None, "hex block {name}: extra words in the info string");
         let bytes = decode_hex(name, &b.lines);
-        assert!(
-            out.insert(name.to_owned(), bytes).is_none(),
-            "duplicate hex block {name}"
-        );
+        assert!(out.insert(name.to_owned(), bytes).is_none(), "duplicate hex block {name}");
     }
     out
 }
@@ -146,15 +135,9 @@ fn hex(bytes: &[u8]) -> String {
 
 fn check_send_frame(bytes: &[u8]) {
     let frame = Frame::decode(bytes, &Limits::default()).expect("send-frame decodes");
-    let Frame::Send { envelope } = frame else {
-        panic!("send-frame is not a send frame: {frame:?}")
-    };
+    let Frame::Send { envelope } = frame else { panic!("send-frame is not a send frame: {frame:?}") };
     assert_eq!(bytes[..4], SEND_HEADER);
-    assert_eq!(
-        envelope.len(),
-        ENVELOPE_LEN,
-        "the doc says the envelope is {ENVELOPE_LEN} bytes"
-    );
+    assert_eq!(envelope.len(), ENVELOPE_LEN, "the doc says the envelope is {ENVELOPE_LEN} bytes");
     let env = Envelope::parse(envelope, &Limits::default()).expect("send-frame's envelope verifies");
     assert_eq!(env.id(), example_id());
     assert_eq!(env.id().to_string(), ID_TEXT);
@@ -190,19 +173,8 @@ fn check_deliver_frame(bytes: &[u8]) {
     let envelope = example_envelope();
     let mut want = deliver_header(false).to_vec();
     want.extend_from_slice(&envelope);
-    assert_eq!(
-        hex(bytes),
-        hex(&want),
-        "deliver-frame is not deliver_header(false) + the example envelope"
-    );
-    check_frame(
-        "deliver-frame",
-        bytes,
-        Frame::Deliver {
-            redelivery: false,
-            envelope: &envelope,
-        },
-    );
+    assert_eq!(hex(bytes), hex(&want), "deliver-frame is not deliver_header(false) + the example envelope");
+    check_frame("deliver-frame", bytes, Frame::Deliver { redelivery: false, envelope: &envelope });
 }
 
 #[test]
@@ -218,15 +190,9 @@ fn hex_examples_match_the_crate() {
             "send-frame" => check_send_frame(b),
             "deliver-frame" => check_deliver_frame(b),
             "redelivery-header" => assert_eq!(b, deliver_header(true), "{name}"),
-            "accepted-frame" => check_frame(
-                name,
-                b,
-                Frame::Accepted {
-                    id,
-                    outcome: Outcome::Delivered,
-                    recipients: 1,
-                },
-            ),
+            "accepted-frame" => {
+                check_frame(name, b, Frame::Accepted { id, outcome: Outcome::Delivered, recipients: 1 })
+            }
             "delivery-ack-frame" => check_frame(name, b, Frame::DeliveryAck { id }),
             "error-frame" => check_frame(
                 name,
@@ -248,40 +214,13 @@ fn hex_examples_match_the_crate() {
                     reason: "room limit reached",
                 }),
             ),
-            "join-room-frame" => check_frame(
-                name,
-                b,
-                Frame::JoinRoom {
-                    request_id: 7,
-                    room: lobby,
-                },
-            ),
+            "join-room-frame" => check_frame(name, b, Frame::JoinRoom { request_id: 7, room: lobby }),
             "done-frame" => check_frame(name, b, Frame::Done { request_id: 7 }),
-            "leave-room-frame" => check_frame(
-                name,
-                b,
-                Frame::LeaveRoom {
-                    request_id: 9,
-                    room: lobby,
-                },
-            ),
-            "presence-query-frame" => check_frame(
-                name,
-                b,
-                Frame::PresenceQuery {
-                    request_id: 8,
-                    user: bob,
-                },
-            ),
-            "presence-result-frame" => check_frame(
-                name,
-                b,
-                Frame::PresenceResult {
-                    request_id: 8,
-                    user: bob,
-                    connections: 2,
-                },
-            ),
+            "leave-room-frame" => check_frame(name, b, Frame::LeaveRoom { request_id: 9, room: lobby }),
+            "presence-query-frame" => check_frame(name, b, Frame::PresenceQuery { request_id: 8, user: bob }),
+            "presence-result-frame" => {
+                check_frame(name, b, Frame::PresenceResult { request_id: 8, user: bob, connections: 2 })
+            }
             "ping-frame" => check_frame(name, b, Frame::Ping { nonce: PING_NONCE }),
             "pong-frame" => check_frame(name, b, Frame::Pong { nonce: PING_NONCE }),
             "stream-ping" => {
@@ -305,10 +244,7 @@ fn hex_examples_match_the_crate() {
         "join-room-frame",
         "ping-frame",
     ] {
-        assert!(
-            checked.contains(required),
-            "docs/protocol.md lacks the ```hex {required} block"
-        );
+        assert!(checked.contains(required), "docs/protocol.md lacks the ```hex {required} block");
     }
     assert!(DOC.contains(ID_TEXT), "the worked example's id is not in the doc");
 }
@@ -333,13 +269,7 @@ fn table(header: &str) -> Vec<Vec<String>> {
         .lines()
         .skip(2) // header and separator
         .take_while(|l| l.starts_with('|'))
-        .map(|l| {
-            l.trim()
-                .trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().replace('`', ""))
-                .collect()
-        })
+        .map(|l| l.trim().trim_matches('|').split('|').map(|c| c.trim().replace('`', "")).collect())
         .collect()
 }
 
@@ -387,9 +317,7 @@ fn error_code_table_matches_error_codes() {
         assert_eq!(yes_no(&row[3]), c.is_retryable(), "retryable of {c}");
         assert_eq!(yes_no(&row[4]), c.is_fatal(), "closes of {c}");
         assert_eq!(row[5], c.close_code().to_string(), "WebSocket close code of {c}");
-        let (hex, name) = row[6]
-            .split_once(' ')
-            .unwrap_or_else(|| panic!("MQTT cell of {c}: {:?}", row[6]));
+        let (hex, name) = row[6].split_once(' ').unwrap_or_else(|| panic!("MQTT cell of {c}: {:?}", row[6]));
         let reason = u8::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap();
         assert_eq!(reason, c.mqtt_reason(), "MQTT reason of {c}");
         assert_eq!(name, mqtt_reason_name(reason), "MQTT reason name of {c}");
@@ -418,9 +346,7 @@ fn numbers_after_code_spans(doc: &str) -> Vec<(String, String)> {
     for pair in pieces.windows(2).skip(1).step_by(2) {
         let (span, rest) = (pair[0], pair[1]);
         let rest = rest.trim_start_matches([' ', '(', ',']);
-        let end = rest
-            .find(|c: char| !c.is_ascii_hexdigit() && c != 'x')
-            .unwrap_or(rest.len());
+        let end = rest.find(|c: char| !c.is_ascii_hexdigit() && c != 'x').unwrap_or(rest.len());
         let number = &rest[..end];
         if number.starts_with(|c: char| c.is_ascii_digit()) {
             out.push((span.to_owned(), number.to_owned()));
@@ -440,22 +366,13 @@ fn codes_and_types_quoted_in_the_prose_are_right() {
             assert_eq!(number, c.code().to_string(), "the doc writes `{span}` {number}");
             checked += 1;
         }
-        let frame_type = (0..=255u8)
-            .filter_map(FrameType::from_wire)
-            .find(|t| kebab(&format!("{t:?}")) == span);
+        let frame_type = (0..=255u8).filter_map(FrameType::from_wire).find(|t| kebab(&format!("{t:?}")) == span);
         if let (Some(t), Some(hex)) = (frame_type, number.strip_prefix("0x")) {
-            assert_eq!(
-                u8::from_str_radix(hex, 16),
-                Ok(t as u8),
-                "the doc writes `{span}` {number}"
-            );
+            assert_eq!(u8::from_str_radix(hex, 16), Ok(t as u8), "the doc writes `{span}` {number}");
             checked += 1;
         }
     }
-    assert!(
-        checked >= 20,
-        "only {checked} quoted codes found; is the scanner broken?"
-    );
+    assert!(checked >= 20, "only {checked} quoted codes found; is the scanner broken?");
 }
 
 fn kebab(camel: &str) -> String {
@@ -544,19 +461,12 @@ fn limits_table_matches_limits() {
     let got: BTreeMap<&str, usize> = table("| constant | value | meaning |")
         .iter()
         .map(|r| {
-            let name = want
-                .keys()
-                .find(|k| **k == r[0])
-                .unwrap_or_else(|| panic!("unknown constant {r:?}"));
+            let name = want.keys().find(|k| **k == r[0]).unwrap_or_else(|| panic!("unknown constant {r:?}"));
             (*name, r[1].parse().unwrap_or_else(|_| panic!("bad value in {r:?}")))
         })
         .collect();
     assert_eq!(got, want);
-    assert_eq!(
-        Limits::default().max_frame_len(),
-        65_540,
-        "the doc quotes the largest frame as 65 540 bytes"
-    );
+    assert_eq!(Limits::default().max_frame_len(), 65_540, "the doc quotes the largest frame as 65 540 bytes");
     assert_eq!(
         Limits::default().max_envelope_len,
         MAX_ENVELOPE_LEN,

@@ -145,22 +145,12 @@ impl KeySet {
         }
         for kc in &cfg.keys {
             let (alg, decoding) = load_configured(kc)?;
-            let key = Key {
-                kid: kc.kid.as_str().into(),
-                alg,
-                decoding,
-                validation: validation(alg),
-            };
+            let key = Key { kid: kc.kid.as_str().into(), alg, decoding, validation: validation(alg) };
             loaded.push((key, "auth.keys".into()));
         }
         if let Some(path) = &cfg.jwks_file {
             for (kid, alg, decoding) in load_jwks(path)? {
-                let key = Key {
-                    kid,
-                    alg,
-                    decoding,
-                    validation: validation(alg),
-                };
+                let key = Key { kid, alg, decoding, validation: validation(alg) };
                 loaded.push((key, format!("auth.jwks_file {}", path.display())));
             }
         }
@@ -174,11 +164,7 @@ impl KeySet {
         let mut per_alg: HashMap<JwtAlgorithm, Vec<Box<str>>> = HashMap::new();
         for (key, from) in loaded {
             if let Some(first) = origin.get(&key.kid) {
-                return Err(AuthConfigError::DuplicateKid {
-                    kid: key.kid.into(),
-                    first: first.clone(),
-                    second: from,
-                });
+                return Err(AuthConfigError::DuplicateKid { kid: key.kid.into(), first: first.clone(), second: from });
             }
             if &*key.kid != DEV_KID {
                 per_alg.entry(key.alg).or_default().push(key.kid.clone());
@@ -205,11 +191,7 @@ impl KeySet {
     pub(super) fn select(&self, kid: Option<&str>, alg: JwtAlgorithm) -> Result<&Key, SelectError> {
         match kid {
             Some(kid) => self.by_kid.get(kid).ok_or(SelectError::UnknownKid),
-            None => self
-                .default_kid
-                .get(&alg)
-                .and_then(|kid| self.by_kid.get(kid))
-                .ok_or(SelectError::NoDefault),
+            None => self.default_kid.get(&alg).and_then(|kid| self.by_kid.get(kid)).ok_or(SelectError::NoDefault),
         }
     }
 
@@ -222,10 +204,7 @@ impl KeySet {
 }
 
 fn check_settings(cfg: &AuthConfig) -> Result<(), AuthConfigError> {
-    let setting = |field, reason: &str| AuthConfigError::Setting {
-        field,
-        reason: reason.into(),
-    };
+    let setting = |field, reason: &str| AuthConfigError::Setting { field, reason: reason.into() };
     if cfg.issuer.is_empty() {
         return Err(setting("issuer", "must not be empty"));
     }
@@ -259,25 +238,18 @@ fn validation(cfg: &AuthConfig, alg: JwtAlgorithm) -> Validation {
 
 /// Loads one `[[auth.keys]]` entry.
 fn load_configured(kc: &KeyConfig) -> Result<(JwtAlgorithm, DecodingKey), AuthConfigError> {
-    let bad = |reason: String| AuthConfigError::Key {
-        kid: kc.kid.clone(),
-        reason,
-    };
+    let bad = |reason: String| AuthConfigError::Key { kid: kc.kid.clone(), reason };
     if kc.kid.is_empty() {
         return Err(bad("kid must not be empty".into()));
     }
     if kc.kid == DEV_KID {
-        return Err(bad(format!(
-            "kid {DEV_KID:?} is reserved for the development secret (auth.jwt_secret)"
-        )));
+        return Err(bad(format!("kid {DEV_KID:?} is reserved for the development secret (auth.jwt_secret)")));
     }
     let alg = kc.alg;
     let pem: Vec<u8> = match (&kc.secret, &kc.public_key_file, &kc.public_key_pem) {
         (Some(secret), None, None) => {
             if alg != JwtAlgorithm::HS256 {
-                return Err(bad(format!(
-                    "secret is for HS256 keys; an {alg} key needs a public key"
-                )));
+                return Err(bad(format!("secret is for HS256 keys; an {alg} key needs a public key")));
             }
             check_secret_len(secret.len()).map_err(bad)?;
             return Ok((alg, DecodingKey::from_secret(secret.as_bytes())));
@@ -289,9 +261,7 @@ fn load_configured(kc: &KeyConfig) -> Result<(JwtAlgorithm, DecodingKey), AuthCo
         })?,
         (None, None, Some(pem)) => pem.clone().into_bytes(),
         _ => {
-            return Err(bad(
-                "set exactly one of secret (HS256), public_key_file or public_key_pem".into(),
-            ));
+            return Err(bad("set exactly one of secret (HS256), public_key_file or public_key_pem".into()));
         }
     };
     let key = match alg {
@@ -309,25 +279,16 @@ fn load_configured(kc: &KeyConfig) -> Result<(JwtAlgorithm, DecodingKey), AuthCo
 /// algorithms Switchboard does not verify are skipped with a warning; a key
 /// that looks usable but is broken, or has no `kid`, is an error.
 fn load_jwks(path: &Path) -> Result<Vec<(Box<str>, JwtAlgorithm, DecodingKey)>, AuthConfigError> {
-    let text = fs::read(path).map_err(|source| AuthConfigError::JwksRead {
-        path: path.into(),
-        source,
-    })?;
-    let set: JwkSet = serde_json::from_slice(&text).map_err(|source| AuthConfigError::JwksParse {
-        path: path.into(),
-        source,
-    })?;
+    let text = fs::read(path).map_err(|source| AuthConfigError::JwksRead { path: path.into(), source })?;
+    let set: JwkSet =
+        serde_json::from_slice(&text).map_err(|source| AuthConfigError::JwksParse { path: path.into(), source })?;
     let mut keys = Vec::with_capacity(set.keys.len());
     for (i, jwk) in set.keys.iter().enumerate() {
         let name = match &jwk.common.key_id {
             Some(kid) => format!("kid {kid:?}"),
             None => format!("#{i} (no kid)"),
         };
-        let bad = |reason: String| AuthConfigError::JwksKey {
-            path: path.into(),
-            key: name.clone(),
-            reason,
-        };
+        let bad = |reason: String| AuthConfigError::JwksKey { path: path.into(), key: name.clone(), reason };
         match jwk_algorithm(jwk) {
             Ok(Some(alg)) => {
                 let Some(kid) = &jwk.common.key_id else {
@@ -359,10 +320,7 @@ fn load_jwks(path: &Path) -> Result<Vec<(Box<str>, JwtAlgorithm, DecodingKey)>, 
 /// implies. `Ok(None)` for keys to skip; `Err` when `alg` and the key type
 /// disagree.
 fn jwk_algorithm(jwk: &Jwk) -> Result<Option<JwtAlgorithm>, String> {
-    if matches!(
-        jwk.common.public_key_use,
-        Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
-    ) {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))) {
         return Ok(None);
     }
     let implied = match &jwk.algorithm {
@@ -401,9 +359,7 @@ fn jwk_key(jwk: &Jwk, alg: JwtAlgorithm) -> Result<DecodingKey, String> {
 
 fn check_secret_len(len: usize) -> Result<(), String> {
     if len < MIN_SECRET_LEN {
-        return Err(format!(
-            "the HS256 secret is {len} bytes; at least {MIN_SECRET_LEN} are needed"
-        ));
+        return Err(format!("the HS256 secret is {len} bytes; at least {MIN_SECRET_LEN} are needed"));
     }
     Ok(())
 }
@@ -418,9 +374,7 @@ fn check_public_key(key: &DecodingKey, alg: JwtAlgorithm) -> Result<(), String> 
             let AlgorithmParameters::RSA(p) = &jwk.algorithm else {
                 return Err("not an RSA public key".into());
             };
-            let n = URL_SAFE_NO_PAD
-                .decode(&p.n)
-                .map_err(|e| format!("bad RSA modulus ({e})"))?;
+            let n = URL_SAFE_NO_PAD.decode(&p.n).map_err(|e| format!("bad RSA modulus ({e})"))?;
             let significant = n.iter().skip_while(|b| **b == 0).count();
             if significant < MIN_RSA_MODULUS_LEN {
                 return Err(format!(
@@ -440,10 +394,7 @@ fn check_public_key(key: &DecodingKey, alg: JwtAlgorithm) -> Result<(), String> 
             // which slices the first 32 bytes, from panicking.
             let want = if alg == JwtAlgorithm::ES256 { 65 } else { 32 };
             if bytes.len() != want {
-                return Err(format!(
-                    "not an {alg} public key ({} bytes, expected {want})",
-                    bytes.len()
-                ));
+                return Err(format!("not an {alg} public key ({} bytes, expected {want})", bytes.len()));
             }
             // Building a verifier parses the point; an empty signature then
             // simply fails to verify.

@@ -239,10 +239,7 @@ pub fn issue_hs256(req: &TokenRequest<'_>, secret: &[u8], now: SystemTime) -> Re
     if req.ttl.is_zero() || req.ttl > MAX_TOKEN_TTL {
         return Err(TokenError::BadTtl);
     }
-    let iat = now
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| TokenError::BadTtl)?
-        .as_secs();
+    let iat = now.duration_since(UNIX_EPOCH).map_err(|_| TokenError::BadTtl)?.as_secs();
     let claims = Claims {
         sub: req.user.as_str().to_owned(),
         dev: req.device.map(|d| d.as_str().to_owned()),
@@ -253,11 +250,7 @@ pub fn issue_hs256(req: &TokenRequest<'_>, secret: &[u8], now: SystemTime) -> Re
         nbf: iat,
         exp: iat + req.ttl.as_secs().max(1),
     };
-    let token = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )?;
+    let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))?;
     Ok(token)
 }
 
@@ -296,14 +289,8 @@ mod tests {
     #[test]
     fn rejects_bad_roles_and_ttls() {
         let now = SystemTime::now();
-        assert!(matches!(
-            issue_hs256(&request(vec!["Admin".into()]), &[1; 32], now),
-            Err(TokenError::BadRole(_))
-        ));
-        assert!(matches!(
-            issue_hs256(&request(vec![String::new()]), &[1; 32], now),
-            Err(TokenError::BadRole(_))
-        ));
+        assert!(matches!(issue_hs256(&request(vec!["Admin".into()]), &[1; 32], now), Err(TokenError::BadRole(_))));
+        assert!(matches!(issue_hs256(&request(vec![String::new()]), &[1; 32], now), Err(TokenError::BadRole(_))));
         let mut r = request(vec![]);
         r.ttl = Duration::ZERO;
         assert!(matches!(issue_hs256(&r, &[1; 32], now), Err(TokenError::BadTtl)));

@@ -109,18 +109,12 @@ impl Verifier {
         let key = match self.inner.keys.select(header.kid.as_deref(), alg) {
             Ok(key) => key,
             Err(SelectError::UnknownKid) => {
-                return Err(AuthError::UnknownKey {
-                    kid: clip(header.kid.as_deref().unwrap_or_default()),
-                });
+                return Err(AuthError::UnknownKey { kid: clip(header.kid.as_deref().unwrap_or_default()) });
             }
             Err(SelectError::NoDefault) => return Err(AuthError::NoDefaultKey { alg }),
         };
         if key.alg != alg {
-            return Err(AuthError::WrongAlgorithm {
-                kid: key.kid.clone(),
-                key_alg: key.alg,
-                token_alg: alg,
-            });
+            return Err(AuthError::WrongAlgorithm { kid: key.kid.clone(), key_alg: key.alg, token_alg: alg });
         }
         let claims = jsonwebtoken::decode::<TokenClaims>(token, &key.decoding, &key.validation)
             .map_err(|e| map_jwt_error(&e, &key.kid))?
@@ -177,11 +171,7 @@ impl ShardVerifier {
     /// A shard's verifier with an empty cache of the configured size.
     pub fn new(verifier: Verifier) -> Self {
         let cache = NonZeroUsize::new(verifier.inner.cache_size).map(LruCache::new);
-        Self {
-            verifier,
-            cache,
-            hasher: RandomState::new(),
-        }
+        Self { verifier, cache, hasher: RandomState::new() }
     }
 
     /// Verifies `token` at `now_unix_secs`. A token verified before is
@@ -210,13 +200,7 @@ impl ShardVerifier {
         let verified = self.verifier.verify_token(token, now_unix_secs)?;
         let identity = Arc::new(verified.identity);
         if let Some(cache) = &mut self.cache {
-            cache.put(
-                key,
-                CacheEntry {
-                    identity: Arc::clone(&identity),
-                    not_before: verified.not_before,
-                },
-            );
+            cache.put(key, CacheEntry { identity: Arc::clone(&identity), not_before: verified.not_before });
         }
         Ok(identity)
     }
@@ -306,9 +290,7 @@ impl Identity {
     /// The device (the token's `dev`), if any.
     pub fn device(&self) -> Option<DeviceId<'_>> {
         // Invariant: `device` came from a `DeviceId` in `new`.
-        self.device
-            .as_deref()
-            .map(|d| DeviceId::parse(d).expect("Identity holds a valid device id"))
+        self.device.as_deref().map(|d| DeviceId::parse(d).expect("Identity holds a valid device id"))
     }
 
     /// The roles (the token's `roles`).
@@ -495,9 +477,7 @@ fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
     let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(AuthError::Malformed("a JWT has three dot-separated parts"));
     };
-    let json = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| AuthError::Malformed("the header is not base64url"))?;
+    let json = URL_SAFE_NO_PAD.decode(header).map_err(|_| AuthError::Malformed("the header is not base64url"))?;
     let header: RawHeader =
         serde_json::from_slice(&json).map_err(|_| AuthError::Malformed("the header is not a JOSE header with alg"))?;
     if header.crit.is_some() {

@@ -76,20 +76,11 @@ fn dev() -> EncodingKey {
 }
 
 fn pem_key(kid: &str, alg: JwtAlgorithm, pem: &str) -> KeyConfig {
-    KeyConfig {
-        kid: kid.into(),
-        alg,
-        secret: None,
-        public_key_file: None,
-        public_key_pem: Some(pem.into()),
-    }
+    KeyConfig { kid: kid.into(), alg, secret: None, public_key_file: None, public_key_pem: Some(pem.into()) }
 }
 
 fn config(keys: Vec<KeyConfig>) -> AuthConfig {
-    AuthConfig {
-        keys,
-        ..AuthConfig::default()
-    }
+    AuthConfig { keys, ..AuthConfig::default() }
 }
 
 /// The dev secret plus one key of each asymmetric algorithm.
@@ -109,27 +100,15 @@ fn jwk(kid: &str, alg: Algorithm, key: DecodingKey) -> Jwk {
 }
 
 fn rsa_a_jwk(kid: &str) -> Jwk {
-    jwk(
-        kid,
-        Algorithm::RS256,
-        DecodingKey::from_rsa_pem(RSA_A_PUB.as_bytes()).unwrap(),
-    )
+    jwk(kid, Algorithm::RS256, DecodingKey::from_rsa_pem(RSA_A_PUB.as_bytes()).unwrap())
 }
 
 fn ec_jwk(kid: &str) -> Jwk {
-    jwk(
-        kid,
-        Algorithm::ES256,
-        DecodingKey::from_ec_pem(EC_PUB.as_bytes()).unwrap(),
-    )
+    jwk(kid, Algorithm::ES256, DecodingKey::from_ec_pem(EC_PUB.as_bytes()).unwrap())
 }
 
 fn ed_jwk(kid: &str) -> Jwk {
-    jwk(
-        kid,
-        Algorithm::EdDSA,
-        DecodingKey::from_ed_pem(ED_PUB.as_bytes()).unwrap(),
-    )
+    jwk(kid, Algorithm::EdDSA, DecodingKey::from_ed_pem(ED_PUB.as_bytes()).unwrap())
 }
 
 fn write_jwks(path: &Path, keys: Vec<Jwk>) {
@@ -137,10 +116,7 @@ fn write_jwks(path: &Path, keys: Vec<Jwk>) {
 }
 
 fn jwks_config(path: &Path) -> AuthConfig {
-    AuthConfig {
-        jwks_file: Some(path.into()),
-        ..AuthConfig::default()
-    }
+    AuthConfig { jwks_file: Some(path.into()), ..AuthConfig::default() }
 }
 
 fn b64(json: &Value) -> String {
@@ -176,10 +152,7 @@ fn dev_token_from_issue_hs256_verifies() {
     assert_eq!(v.kids(), ["dev"]);
 
     // The same secret under kid "dev" works too; another secret does not.
-    assert!(
-        v.verify(&sign(Algorithm::HS256, Some("dev"), &dev(), &claims()), NOW)
-            .is_ok()
-    );
+    assert!(v.verify(&sign(Algorithm::HS256, Some("dev"), &dev(), &claims()), NOW).is_ok());
     let other = issue_hs256(&req, &[9; 32], UNIX_EPOCH + Duration::from_secs(NOW)).unwrap();
     let err = v.verify(&other, NOW).unwrap_err();
     assert!(matches!(err, AuthError::BadSignature { .. }), "{err}");
@@ -190,11 +163,7 @@ fn dev_token_from_issue_hs256_verifies() {
 fn rs256_es256_and_eddsa_verify_by_kid_and_without() {
     let v = all_keys();
     assert_eq!(v.kids(), ["dev", "ec", "ed", "rsa"]);
-    let cases = [
-        (Algorithm::RS256, "rsa", rsa_a()),
-        (Algorithm::ES256, "ec", ec()),
-        (Algorithm::EdDSA, "ed", ed()),
-    ];
+    let cases = [(Algorithm::RS256, "rsa", rsa_a()), (Algorithm::ES256, "ec", ec()), (Algorithm::EdDSA, "ed", ed())];
     for (alg, kid, key) in &cases {
         let id = v.verify(&sign(*alg, Some(kid), key, &claims()), NOW).unwrap();
         assert_eq!(id.user().as_str(), "alice", "{kid}");
@@ -209,27 +178,18 @@ fn rs256_es256_and_eddsa_verify_by_kid_and_without() {
 #[test]
 fn wrong_key_and_unknown_kid_are_invalid() {
     let v = all_keys();
-    let err = v
-        .verify(&sign(Algorithm::RS256, Some("rsa"), &rsa_b(), &claims()), NOW)
-        .unwrap_err();
+    let err = v.verify(&sign(Algorithm::RS256, Some("rsa"), &rsa_b(), &claims()), NOW).unwrap_err();
     assert_eq!(err, AuthError::BadSignature { kid: "rsa".into() });
     assert_eq!(err.code(), ErrorCode::InvalidToken);
 
-    let err = v
-        .verify(&sign(Algorithm::RS256, Some("rsa-2"), &rsa_a(), &claims()), NOW)
-        .unwrap_err();
+    let err = v.verify(&sign(Algorithm::RS256, Some("rsa-2"), &rsa_a(), &claims()), NOW).unwrap_err();
     assert_eq!(err, AuthError::UnknownKey { kid: "rsa-2".into() });
     assert_eq!(err.code(), ErrorCode::InvalidToken);
 
     // A tampered payload under a valid signature.
     let good = sign(Algorithm::ES256, Some("ec"), &ec(), &claims());
     let parts: Vec<&str> = good.split('.').collect();
-    let forged = format!(
-        "{}.{}.{}",
-        parts[0],
-        b64(&with(claims(), "sub", json!("mallory"))),
-        parts[2]
-    );
+    let forged = format!("{}.{}.{}", parts[0], b64(&with(claims(), "sub", json!("mallory"))), parts[2]);
     assert!(matches!(v.verify(&forged, NOW), Err(AuthError::BadSignature { .. })));
 }
 
@@ -242,11 +202,7 @@ fn algorithm_confusion_is_rejected() {
     let err = v.verify(&token, NOW).unwrap_err();
     assert_eq!(
         err,
-        AuthError::WrongAlgorithm {
-            kid: "rsa".into(),
-            key_alg: JwtAlgorithm::RS256,
-            token_alg: JwtAlgorithm::HS256,
-        }
+        AuthError::WrongAlgorithm { kid: "rsa".into(), key_alg: JwtAlgorithm::RS256, token_alg: JwtAlgorithm::HS256 }
     );
     assert_eq!(err.code(), ErrorCode::InvalidToken);
     // Without kid the HS256 token goes to the dev secret, which it does not match.
@@ -254,30 +210,17 @@ fn algorithm_confusion_is_rejected() {
     assert!(matches!(v.verify(&token, NOW), Err(AuthError::BadSignature { kid }) if &*kid == "dev"));
     // And with no dev secret there is no HS256 key at all.
     let no_dev = Verifier::from_config(&config(vec![pem_key("rsa", JwtAlgorithm::RS256, RSA_A_PUB)]), None).unwrap();
-    assert_eq!(
-        no_dev.verify(&token, NOW).unwrap_err(),
-        AuthError::NoDefaultKey {
-            alg: JwtAlgorithm::HS256
-        }
-    );
+    assert_eq!(no_dev.verify(&token, NOW).unwrap_err(), AuthError::NoDefaultKey { alg: JwtAlgorithm::HS256 });
 
     // An asymmetric token aimed at another key type, and at the dev secret.
-    let err = v
-        .verify(&sign(Algorithm::ES256, Some("rsa"), &ec(), &claims()), NOW)
-        .unwrap_err();
+    let err = v.verify(&sign(Algorithm::ES256, Some("rsa"), &ec(), &claims()), NOW).unwrap_err();
     assert!(matches!(err, AuthError::WrongAlgorithm { .. }), "{err}");
-    let err = v
-        .verify(&sign(Algorithm::RS256, Some("dev"), &rsa_a(), &claims()), NOW)
-        .unwrap_err();
+    let err = v.verify(&sign(Algorithm::RS256, Some("dev"), &rsa_a(), &claims()), NOW).unwrap_err();
     assert!(matches!(err, AuthError::WrongAlgorithm { .. }), "{err}");
     // Algorithms of a supported family but not configured.
-    let err = v
-        .verify(&sign(Algorithm::RS512, Some("rsa"), &rsa_a(), &claims()), NOW)
-        .unwrap_err();
+    let err = v.verify(&sign(Algorithm::RS512, Some("rsa"), &rsa_a(), &claims()), NOW).unwrap_err();
     assert_eq!(err, AuthError::UnsupportedAlgorithm { alg: "RS512".into() });
-    let err = v
-        .verify(&sign(Algorithm::PS256, Some("rsa"), &rsa_a(), &claims()), NOW)
-        .unwrap_err();
+    let err = v.verify(&sign(Algorithm::PS256, Some("rsa"), &rsa_a(), &claims()), NOW).unwrap_err();
     assert_eq!(err, AuthError::UnsupportedAlgorithm { alg: "PS256".into() });
 }
 
@@ -299,9 +242,7 @@ fn alg_none_is_rejected() {
             assert_eq!(err.code(), ErrorCode::InvalidToken);
         }
     }
-    let err = v
-        .verify(&raw_token(&json!({"typ": "JWT"}), &claims(), ""), NOW)
-        .unwrap_err();
+    let err = v.verify(&raw_token(&json!({"typ": "JWT"}), &claims(), ""), NOW).unwrap_err();
     assert!(matches!(err, AuthError::Malformed(_)), "{err}");
 }
 
@@ -315,64 +256,36 @@ fn expiry_is_checked_with_leeway() {
     assert_eq!(err, AuthError::Expired { exp: NOW });
     assert_eq!(err.code(), ErrorCode::TokenExpired);
 
-    let strict = AuthConfig {
-        leeway_secs: 0,
-        ..config(vec![pem_key("ed", JwtAlgorithm::EdDSA, ED_PUB)])
-    };
+    let strict = AuthConfig { leeway_secs: 0, ..config(vec![pem_key("ed", JwtAlgorithm::EdDSA, ED_PUB)]) };
     let strict = Verifier::from_config(&strict, None).unwrap();
     assert!(strict.verify(&token, NOW - 1).is_ok());
     assert!(matches!(strict.verify(&token, NOW), Err(AuthError::Expired { .. })));
 
     // NumericDate may be fractional.
-    let token = sign(
-        Algorithm::EdDSA,
-        Some("ed"),
-        &ed(),
-        &with(claims(), "exp", json!(NOW as f64 + 0.5)),
-    );
+    let token = sign(Algorithm::EdDSA, Some("ed"), &ed(), &with(claims(), "exp", json!(NOW as f64 + 0.5)));
     assert_eq!(strict.verify(&token, NOW - 1).unwrap().expires_at(), NOW);
 }
 
 #[test]
 fn nbf_in_the_future_is_token_expired() {
     let v = all_keys();
-    let token = sign(
-        Algorithm::RS256,
-        Some("rsa"),
-        &rsa_a(),
-        &with(claims(), "nbf", json!(NOW + 100)),
-    );
+    let token = sign(Algorithm::RS256, Some("rsa"), &rsa_a(), &with(claims(), "nbf", json!(NOW + 100)));
     let err = v.verify(&token, NOW).unwrap_err();
     assert_eq!(err, AuthError::NotYetValid { nbf: NOW + 100 });
     assert_eq!(err.code(), ErrorCode::TokenExpired);
     assert!(v.verify(&token, NOW + 70).is_ok(), "within the leeway");
     // nbf is optional.
-    assert!(
-        v.verify(
-            &sign(Algorithm::RS256, Some("rsa"), &rsa_a(), &without(claims(), "nbf")),
-            NOW
-        )
-        .is_ok()
-    );
+    assert!(v.verify(&sign(Algorithm::RS256, Some("rsa"), &rsa_a(), &without(claims(), "nbf")), NOW).is_ok());
 }
 
 #[test]
 fn issuer_audience_and_required_claims() {
     let v = all_keys();
     let check = |claims: Value| v.verify(&sign(Algorithm::ES256, Some("ec"), &ec(), &claims), NOW);
-    assert_eq!(
-        check(with(claims(), "aud", json!("other"))).unwrap_err(),
-        AuthError::WrongAudience
-    );
-    assert_eq!(
-        check(with(claims(), "aud", json!(["a", "b"]))).unwrap_err(),
-        AuthError::WrongAudience
-    );
+    assert_eq!(check(with(claims(), "aud", json!("other"))).unwrap_err(), AuthError::WrongAudience);
+    assert_eq!(check(with(claims(), "aud", json!(["a", "b"]))).unwrap_err(), AuthError::WrongAudience);
     assert!(check(with(claims(), "aud", json!(["other", "switchboard"]))).is_ok());
-    assert_eq!(
-        check(with(claims(), "iss", json!("evil"))).unwrap_err(),
-        AuthError::WrongIssuer
-    );
+    assert_eq!(check(with(claims(), "iss", json!("evil"))).unwrap_err(), AuthError::WrongIssuer);
     for claim in ["exp", "sub", "iss", "aud"] {
         let err = check(without(claims(), claim)).unwrap_err();
         assert_eq!(err, AuthError::MissingClaim(claim));
@@ -396,12 +309,7 @@ fn sub_and_dev_must_be_valid_names() {
     }
     let err = check(with(claims(), "dev", json!("a b"))).unwrap_err();
     assert!(matches!(err, AuthError::InvalidClaim { claim: "dev", .. }), "{err}");
-    for (field, value) in [
-        ("sub", json!(5)),
-        ("roles", json!("admin")),
-        ("exp", json!("soon")),
-        ("exp", json!(-1)),
-    ] {
+    for (field, value) in [("sub", json!(5)), ("roles", json!("admin")), ("exp", json!("soon")), ("exp", json!(-1))] {
         let err = check(with(claims(), field, value)).unwrap_err();
         assert_eq!(err.code(), ErrorCode::InvalidToken, "{field}: {err}");
     }
@@ -432,65 +340,32 @@ fn malformed_tokens_are_invalid_and_empty_is_unauthenticated() {
 
 #[test]
 fn no_kid_with_two_keys_of_one_algorithm_is_rejected() {
-    let cfg = config(vec![
-        pem_key("a", JwtAlgorithm::RS256, RSA_A_PUB),
-        pem_key("b", JwtAlgorithm::RS256, RSA_B_PUB),
-    ]);
+    let cfg = config(vec![pem_key("a", JwtAlgorithm::RS256, RSA_A_PUB), pem_key("b", JwtAlgorithm::RS256, RSA_B_PUB)]);
     let v = Verifier::from_config(&cfg, None).unwrap();
-    let err = v
-        .verify(&sign(Algorithm::RS256, None, &rsa_a(), &claims()), NOW)
-        .unwrap_err();
-    assert_eq!(
-        err,
-        AuthError::NoDefaultKey {
-            alg: JwtAlgorithm::RS256
-        }
-    );
-    assert!(
-        v.verify(&sign(Algorithm::RS256, Some("b"), &rsa_b(), &claims()), NOW)
-            .is_ok()
-    );
+    let err = v.verify(&sign(Algorithm::RS256, None, &rsa_a(), &claims()), NOW).unwrap_err();
+    assert_eq!(err, AuthError::NoDefaultKey { alg: JwtAlgorithm::RS256 });
+    assert!(v.verify(&sign(Algorithm::RS256, Some("b"), &rsa_b(), &claims()), NOW).is_ok());
 }
 
 #[test]
 fn cache_hit_returns_the_same_identity_and_still_expires() {
     let mut shard = ShardVerifier::new(all_keys());
-    let token = sign(
-        Algorithm::RS256,
-        Some("rsa"),
-        &rsa_a(),
-        &with(claims(), "exp", json!(NOW + 100)),
-    );
+    let token = sign(Algorithm::RS256, Some("rsa"), &rsa_a(), &with(claims(), "exp", json!(NOW + 100)));
     let first = shard.verify(&token, NOW).unwrap();
     let second = shard.verify(&token, NOW + 1).unwrap();
     assert!(Arc::ptr_eq(&first, &second));
     assert_eq!(shard.cached(), 1);
     assert!(shard.verify(&token, NOW + 129).is_ok());
-    assert_eq!(
-        shard.verify(&token, NOW + 130).unwrap_err(),
-        AuthError::Expired { exp: NOW + 100 }
-    );
+    assert_eq!(shard.verify(&token, NOW + 130).unwrap_err(), AuthError::Expired { exp: NOW + 100 });
     assert_eq!(shard.cached(), 0, "an expired entry is dropped");
     assert!(shard.verifier().is_expired(&first, NOW + 130));
 
     // A cached token is still refused before its nbf (a clock going back).
-    let token = sign(
-        Algorithm::RS256,
-        Some("rsa"),
-        &rsa_a(),
-        &with(claims(), "nbf", json!(NOW)),
-    );
+    let token = sign(Algorithm::RS256, Some("rsa"), &rsa_a(), &with(claims(), "nbf", json!(NOW)));
     assert!(shard.verify(&token, NOW).is_ok());
-    assert!(matches!(
-        shard.verify(&token, NOW - 31),
-        Err(AuthError::NotYetValid { .. })
-    ));
+    assert!(matches!(shard.verify(&token, NOW - 31), Err(AuthError::NotYetValid { .. })));
     // Failures are not cached.
-    assert!(
-        shard
-            .verify(&sign(Algorithm::RS256, Some("rsa"), &rsa_b(), &claims()), NOW)
-            .is_err()
-    );
+    assert!(shard.verify(&sign(Algorithm::RS256, Some("rsa"), &rsa_b(), &claims()), NOW).is_err());
     assert_eq!(shard.cached(), 1);
     assert_eq!(shard.verify("", NOW).unwrap_err(), AuthError::Missing);
     shard.clear_cache();
@@ -499,20 +374,10 @@ fn cache_hit_returns_the_same_identity_and_still_expires() {
 
 #[test]
 fn cache_is_bounded_and_can_be_disabled() {
-    let cfg = AuthConfig {
-        cache_size: 3,
-        ..AuthConfig::default()
-    };
+    let cfg = AuthConfig { cache_size: 3, ..AuthConfig::default() };
     let mut shard = ShardVerifier::new(Verifier::from_config(&cfg, Some(DEV_SECRET)).unwrap());
     let tokens: Vec<String> = (0..5)
-        .map(|i| {
-            sign(
-                Algorithm::HS256,
-                None,
-                &dev(),
-                &with(claims(), "sub", json!(format!("user{i}"))),
-            )
-        })
+        .map(|i| sign(Algorithm::HS256, None, &dev(), &with(claims(), "sub", json!(format!("user{i}")))))
         .collect();
     for t in &tokens {
         shard.verify(t, NOW).unwrap();
@@ -522,10 +387,7 @@ fn cache_is_bounded_and_can_be_disabled() {
     let again = shard.verify(&tokens[4], NOW).unwrap();
     assert!(Arc::ptr_eq(&again, &shard.verify(&tokens[4], NOW).unwrap()));
 
-    let off = AuthConfig {
-        cache_size: 0,
-        ..AuthConfig::default()
-    };
+    let off = AuthConfig { cache_size: 0, ..AuthConfig::default() };
     let mut shard = ShardVerifier::new(Verifier::from_config(&off, Some(DEV_SECRET)).unwrap());
     let a = shard.verify(&tokens[0], NOW).unwrap();
     let b = shard.verify(&tokens[0], NOW).unwrap();
@@ -570,10 +432,7 @@ fn jwks_file_loads_and_reload_picks_up_new_keys() {
     assert!(err.to_string().contains("jwks.json"), "{err}");
     std::fs::remove_file(&path).unwrap();
     let err = reloaded.reload().unwrap_err().to_string();
-    assert!(
-        err.contains("cannot read auth.jwks_file") && err.contains("jwks.json"),
-        "{err}"
-    );
+    assert!(err.contains("cannot read auth.jwks_file") && err.contains("jwks.json"), "{err}");
 }
 
 #[test]
@@ -594,10 +453,7 @@ fn jwks_keys_are_checked() {
     no_alg.common.key_algorithm = None;
     write_jwks(&path, vec![no_alg]);
     let v = Verifier::from_config(&jwks_config(&path), None).unwrap();
-    assert!(
-        v.verify(&sign(Algorithm::ES256, Some("ec"), &ec(), &claims()), NOW)
-            .is_ok()
-    );
+    assert!(v.verify(&sign(Algorithm::ES256, Some("ec"), &ec(), &claims()), NOW).is_ok());
 
     let mut lying = rsa_a_jwk("lying");
     lying.common.key_algorithm = Some(jsonwebtoken::jwk::KeyAlgorithm::HS256);
@@ -614,11 +470,7 @@ fn jwks_keys_are_checked() {
         assert!(err.contains(want) && err.contains("jwks.json"), "{err}");
     }
     // A short oct key.
-    std::fs::write(
-        &path,
-        r#"{"keys":[{"kty":"oct","kid":"h","alg":"HS256","k":"c2hvcnQ"}]}"#,
-    )
-    .unwrap();
+    std::fs::write(&path, r#"{"keys":[{"kty":"oct","kid":"h","alg":"HS256","k":"c2hvcnQ"}]}"#).unwrap();
     let err = config_err(&jwks_config(&path), None);
     assert!(err.contains("kid \"h\"") && err.contains("5 bytes"), "{err}");
     // A bad point.
@@ -642,10 +494,7 @@ fn key_files_and_config_errors_name_the_culprit() {
         ..pem_key("file", JwtAlgorithm::RS256, "")
     };
     let v = Verifier::from_config(&config(vec![file_key.clone()]), None).unwrap();
-    assert!(
-        v.verify(&sign(Algorithm::RS256, Some("file"), &rsa_a(), &claims()), NOW)
-            .is_ok()
-    );
+    assert!(v.verify(&sign(Algorithm::RS256, Some("file"), &rsa_a(), &claims()), NOW).is_ok());
 
     let secret_key = |kid: &str, alg, secret: &str| KeyConfig {
         secret: Some(secret.into()),
@@ -654,19 +503,11 @@ fn key_files_and_config_errors_name_the_culprit() {
     };
     let hs = secret_key("hs", JwtAlgorithm::HS256, "s".repeat(32).as_str());
     let v = Verifier::from_config(&config(vec![hs.clone()]), Some(DEV_SECRET)).unwrap();
-    let token = sign(
-        Algorithm::HS256,
-        Some("hs"),
-        &EncodingKey::from_secret(&[b's'; 32]),
-        &claims(),
-    );
+    let token = sign(Algorithm::HS256, Some("hs"), &EncodingKey::from_secret(&[b's'; 32]), &claims());
     assert!(v.verify(&token, NOW).is_ok());
 
     let missing = dir.path().join("nope.pem");
-    let both = KeyConfig {
-        secret: Some("s".repeat(32)),
-        ..pem_key("both", JwtAlgorithm::HS256, RSA_A_PUB)
-    };
+    let both = KeyConfig { secret: Some("s".repeat(32)), ..pem_key("both", JwtAlgorithm::HS256, RSA_A_PUB) };
     let cases: Vec<(AuthConfig, Option<&[u8]>, &str)> = vec![
         (config(vec![]), None, "no token verification key"),
         (config(vec![]), Some(b"short"), "development JWT secret is 5 bytes"),
@@ -680,72 +521,18 @@ fn key_files_and_config_errors_name_the_culprit() {
             "kid \"gone\": cannot read public_key_file",
         ),
         (config(vec![both]), None, "kid \"both\": set exactly one of"),
-        (
-            config(vec![pem_key("dev", JwtAlgorithm::EdDSA, ED_PUB)]),
-            None,
-            "reserved",
-        ),
-        (
-            config(vec![pem_key("", JwtAlgorithm::EdDSA, ED_PUB)]),
-            None,
-            "kid must not be empty",
-        ),
-        (
-            config(vec![pem_key("x", JwtAlgorithm::RS256, EC_PUB)]),
-            None,
-            "kid \"x\": not a PEM RS256 public key",
-        ),
-        (
-            config(vec![pem_key("x", JwtAlgorithm::ES256, ED_PUB)]),
-            None,
-            "kid \"x\": not a PEM ES256",
-        ),
-        (
-            config(vec![pem_key("x", JwtAlgorithm::EdDSA, "junk")]),
-            None,
-            "kid \"x\": not a PEM EdDSA",
-        ),
-        (
-            config(vec![pem_key("x", JwtAlgorithm::RS256, RSA_A_KEY)]),
-            None,
-            "kid \"x\"",
-        ),
-        (
-            config(vec![pem_key("x", JwtAlgorithm::HS256, RSA_A_PUB)]),
-            None,
-            "takes secret",
-        ),
-        (
-            config(vec![secret_key("x", JwtAlgorithm::RS256, &"s".repeat(32))]),
-            None,
-            "needs a public key",
-        ),
-        (
-            config(vec![secret_key("x", JwtAlgorithm::HS256, "short")]),
-            None,
-            "5 bytes",
-        ),
-        (
-            config(vec![file_key.clone(), file_key]),
-            None,
-            "kid \"file\" is defined twice",
-        ),
-        (
-            AuthConfig {
-                leeway_secs: 601,
-                ..AuthConfig::default()
-            },
-            Some(DEV_SECRET),
-            "auth.leeway_secs",
-        ),
-        (
-            AuthConfig {
-                issuer: String::new(),
-                ..AuthConfig::default()
-            },
-            Some(DEV_SECRET),
-            "auth.issuer",
-        ),
+        (config(vec![pem_key("dev", JwtAlgorithm::EdDSA, ED_PUB)]), None, "reserved"),
+        (config(vec![pem_key("", JwtAlgorithm::EdDSA, ED_PUB)]), None, "kid must not be empty"),
+        (config(vec![pem_key("x", JwtAlgorithm::RS256, EC_PUB)]), None, "kid \"x\": not a PEM RS256 public key"),
+        (config(vec![pem_key("x", JwtAlgorithm::ES256, ED_PUB)]), None, "kid \"x\": not a PEM ES256"),
+        (config(vec![pem_key("x", JwtAlgorithm::EdDSA, "junk")]), None, "kid \"x\": not a PEM EdDSA"),
+        (config(vec![pem_key("x", JwtAlgorithm::RS256, RSA_A_KEY)]), None, "kid \"x\""),
+        (config(vec![pem_key("x", JwtAlgorithm::HS256, RSA_A_PUB)]), None, "takes secret"),
+        (config(vec![secret_key("x", JwtAlgorithm::RS256, &"s".repeat(32))]), None, "needs a public key"),
+        (config(vec![secret_key("x", JwtAlgorithm::HS256, "short")]), None, "5 bytes"),
+        (config(vec![file_key.clone(), file_key]), None, "kid \"file\" is defined twice"),
+        (AuthConfig { leeway_secs: 601, ..AuthConfig::default() }, Some(DEV_SECRET), "auth.leeway_secs"),
+        (AuthConfig { issuer: String::new(), ..AuthConfig::default() }, Some(DEV_SECRET), "auth.issuer"),
     ];
     for (cfg, dev, want) in cases {
         let err = config_err(&cfg, dev);
@@ -756,15 +543,9 @@ fn key_files_and_config_errors_name_the_culprit() {
     // The same kid in auth.keys and the JWKS file.
     let jwks = dir.path().join("jwks.json");
     write_jwks(&jwks, vec![rsa_a_jwk("k")]);
-    let cfg = AuthConfig {
-        jwks_file: Some(jwks),
-        ..config(vec![pem_key("k", JwtAlgorithm::EdDSA, ED_PUB)])
-    };
+    let cfg = AuthConfig { jwks_file: Some(jwks), ..config(vec![pem_key("k", JwtAlgorithm::EdDSA, ED_PUB)]) };
     let err = config_err(&cfg, None);
-    assert!(
-        err.contains("kid \"k\" is defined twice, in auth.keys and in auth.jwks_file"),
-        "{err}"
-    );
+    assert!(err.contains("kid \"k\" is defined twice, in auth.keys and in auth.jwks_file"), "{err}");
 }
 
 #[test]
@@ -775,18 +556,8 @@ fn errors_never_contain_the_token() {
         sign(Algorithm::RS256, Some("rsa"), &rsa_b(), &claims()),
         sign(Algorithm::RS256, Some(&long_kid), &rsa_a(), &claims()),
         sign(Algorithm::HS256, Some("rsa"), &dev(), &claims()),
-        sign(
-            Algorithm::EdDSA,
-            Some("ed"),
-            &ed(),
-            &with(claims(), "exp", json!(NOW - 100)),
-        ),
-        sign(
-            Algorithm::EdDSA,
-            Some("ed"),
-            &ed(),
-            &with(claims(), "sub", json!("a/b")),
-        ),
+        sign(Algorithm::EdDSA, Some("ed"), &ed(), &with(claims(), "exp", json!(NOW - 100))),
+        sign(Algorithm::EdDSA, Some("ed"), &ed(), &with(claims(), "sub", json!("a/b"))),
         sign(Algorithm::EdDSA, Some("ed"), &ed(), &with(claims(), "aud", json!("x"))),
         raw_token(&json!({"alg": "none"}), &claims(), ""),
         raw_token(&json!({"alg": "x".repeat(300)}), &claims(), ""),
@@ -844,10 +615,7 @@ fn auth_section_parses_from_toml() {
     ] {
         assert!(toml::from_str::<crate::config::Config>(bad).is_err(), "{bad}");
     }
-    let hs = KeyConfig {
-        secret: Some("hunter2hunter2".into()),
-        ..pem_key("a", JwtAlgorithm::HS256, "")
-    };
+    let hs = KeyConfig { secret: Some("hunter2hunter2".into()), ..pem_key("a", JwtAlgorithm::HS256, "") };
     assert!(!format!("{hs:?}").contains("hunter2"));
 }
 

@@ -127,10 +127,7 @@ pub(crate) fn encode(
 ) -> anyhow::Result<Vec<u8>> {
     let from = UserId::parse(from).context("--from")?;
     let to = Destination::parse(&args.to).context("--to")?;
-    let now_ms = now
-        .duration_since(UNIX_EPOCH)
-        .context("system clock before 1970")?
-        .as_millis() as u64;
+    let now_ms = now.duration_since(UNIX_EPOCH).context("system clock before 1970")?.as_millis() as u64;
     let id = match &args.id {
         Some(id) => id.parse::<EnvelopeId>().context("--id")?,
         None => {
@@ -166,9 +163,7 @@ pub(crate) fn encode(
         b = b.content_type(ct);
     }
     for m in &args.metadata {
-        let (k, v) = m
-            .split_once('=')
-            .with_context(|| format!("--meta {m:?}: expected KEY=VALUE"))?;
+        let (k, v) = m.split_once('=').with_context(|| format!("--meta {m:?}: expected KEY=VALUE"))?;
         b = b.metadata(k, v);
     }
     b.build().context("invalid envelope")
@@ -197,12 +192,9 @@ fn decode(bytes: &[u8], framed: bool) -> anyhow::Result<String> {
         let limits = Limits::default().with_max_envelope_len(MAX_ENVELOPE_LEN_CEILING);
         match Frame::decode(bytes, &limits).context("invalid frame")? {
             Frame::Send { envelope } | Frame::Deliver { envelope, .. } => envelope,
-            other => bail!(
-                "expected a {} or {} frame, got {}",
-                FrameType::Send,
-                FrameType::Deliver,
-                other.frame_type()
-            ),
+            other => {
+                bail!("expected a {} or {} frame, got {}", FrameType::Send, FrameType::Deliver, other.frame_type())
+            }
         }
     } else {
         bytes
@@ -287,9 +279,7 @@ mod tests {
         a.fields.to = "bob".into();
         assert!(enc(a).is_err());
         assert_eq!(
-            Envelope::parse(&enc(args(&["--payload", "text"])).unwrap(), &Limits::default())
-                .unwrap()
-                .payload(),
+            Envelope::parse(&enc(args(&["--payload", "text"])).unwrap(), &Limits::default()).unwrap().payload(),
             b"text"
         );
         let err = decode(b"garbage!", false).unwrap_err();

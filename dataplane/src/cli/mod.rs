@@ -163,12 +163,7 @@ impl Cli {
 /// Issues the token `args` describe.
 fn token(config: &Config, args: &TokenArgs, now: SystemTime) -> anyhow::Result<String> {
     let user = UserId::parse(&args.user).context("--user")?;
-    let device = args
-        .device
-        .as_deref()
-        .map(DeviceId::parse)
-        .transpose()
-        .context("--device")?;
+    let device = args.device.as_deref().map(DeviceId::parse).transpose().context("--device")?;
     let secret = config.jwt_secret()?;
     let req = TokenRequest {
         user,
@@ -217,11 +212,7 @@ fn send(args: &SendArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     loop {
         let msg = client.recv()?.context("connection closed before the answer")?;
         match Frame::decode(&msg, client.limits())? {
-            Frame::Accepted {
-                id,
-                outcome,
-                recipients,
-            } => {
+            Frame::Accepted { id, outcome, recipients } => {
                 writeln!(
                     out,
                     "{}",
@@ -245,10 +236,7 @@ fn listen(args: &ListenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     client.set_timeout(Some(Duration::from_secs(args.connect.timeout)))?;
     for (i, room) in args.rooms.iter().enumerate() {
         let room = RoomName::parse(room).context("--join")?;
-        client.send(&Frame::JoinRoom {
-            request_id: i as u32,
-            room,
-        })?;
+        client.send(&Frame::JoinRoom { request_id: i as u32, room })?;
         loop {
             let msg = client.recv()?.context("connection closed while joining")?;
             match Frame::decode(&msg, client.limits())? {

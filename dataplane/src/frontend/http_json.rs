@@ -38,9 +38,7 @@ struct SendJson {
 pub fn envelope_from_json(body: &[u8], sender: UserId<'_>, now_ms: u64) -> Result<Vec<u8>, String> {
     let req: SendJson = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     let to = Destination::parse(&req.to).map_err(|e| format!("to: {e}"))?;
-    let payload = BASE64
-        .decode(req.payload.as_bytes())
-        .map_err(|e| format!("payload is not base64: {e}"))?;
+    let payload = BASE64.decode(req.payload.as_bytes()).map_err(|e| format!("payload is not base64: {e}"))?;
     let id = match &req.id {
         Some(id) => id.parse::<EnvelopeId>().map_err(|e| format!("id: {e}"))?,
         None => {
@@ -98,11 +96,7 @@ mod tests {
             br#"{"to":"user:b","flags":["loud"]}"#,
             br#"{"to":"user:b","extra":1}"#,
         ] {
-            assert!(
-                envelope_from_json(body, alice, 0).is_err(),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(envelope_from_json(body, alice, 0).is_err(), "{}", String::from_utf8_lossy(body));
         }
     }
 }

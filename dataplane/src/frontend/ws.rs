@@ -62,10 +62,7 @@ impl WsDecoder {
     /// A decoder refusing messages longer than `max_message_len` bytes
     /// (after reassembly).
     pub fn new(max_message_len: usize) -> Self {
-        Self {
-            max_message_len,
-            partial: None,
-        }
+        Self { max_message_len, partial: None }
     }
 
     /// The message length limit.
@@ -188,10 +185,7 @@ impl WsDecoder {
 
     fn check_len(&self, len: u64) -> Result<(), WsError> {
         if len > self.max_message_len as u64 {
-            return Err(WsError::MessageTooLarge {
-                len,
-                max: self.max_message_len,
-            });
+            return Err(WsError::MessageTooLarge { len, max: self.max_message_len });
         }
         Ok(())
     }
@@ -367,10 +361,7 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 fn close_event(buf: &[u8], payload: Range<usize>) -> Result<WsEvent, WsError> {
     match payload.len() {
-        0 => Ok(WsEvent::Close {
-            code: None,
-            reason: payload.end..payload.end,
-        }),
+        0 => Ok(WsEvent::Close { code: None, reason: payload.end..payload.end }),
         1 => Err(WsError::CloseTruncated),
         _ => {
             let code = u16::from_be_bytes([buf[payload.start], buf[payload.start + 1]]);
@@ -379,10 +370,7 @@ fn close_event(buf: &[u8], payload: Range<usize>) -> Result<WsEvent, WsError> {
             }
             let reason = payload.start + 2..payload.end;
             std::str::from_utf8(&buf[reason.clone()]).map_err(|_| WsError::CloseReasonNotUtf8)?;
-            Ok(WsEvent::Close {
-                code: Some(code),
-                reason,
-            })
+            Ok(WsEvent::Close { code: Some(code), reason })
         }
     }
 }
@@ -495,10 +483,7 @@ mod tests {
         let mut bytes = client_frame(0x01, b"Hel", [1, 2, 3, 4]);
         bytes.extend(client_frame(0x80, b"lo", [5, 6, 7, 8]));
         let events = decode_all(&mut d, bytes).unwrap();
-        assert_eq!(
-            events.iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
-            [WsEvent::Text, WsEvent::Fragment]
-        );
+        assert_eq!(events.iter().map(|e| e.0.clone()).collect::<Vec<_>>(), [WsEvent::Text, WsEvent::Fragment]);
         assert!(!d.is_assembling());
 
         // 256 bytes and 64 KiB binary messages, masked: 16- and 64-bit
@@ -508,10 +493,7 @@ mod tests {
             let mut buf = client_frame(0x82, &payload, [0xde, 0xad, 0xbe, 0xef]);
             let header_len = if len == 256 { 8 } else { 14 };
             assert_eq!(buf[1], if len == 256 { 0xFE } else { 0xFF });
-            assert_eq!(
-                d.decode(&mut buf),
-                Ok(Some((WsEvent::Binary(header_len..header_len + len), header_len + len)))
-            );
+            assert_eq!(d.decode(&mut buf), Ok(Some((WsEvent::Binary(header_len..header_len + len), header_len + len))));
             assert_eq!(buf[header_len..], payload[..]);
         }
     }
@@ -529,12 +511,7 @@ mod tests {
             let mut d = WsDecoder::new(100_000);
             for end in 0..frame.len() {
                 let mut prefix = frame[..end].to_vec();
-                assert_eq!(
-                    d.decode(&mut prefix),
-                    Ok(None),
-                    "prefix of {end} of {} bytes",
-                    frame.len()
-                );
+                assert_eq!(d.decode(&mut prefix), Ok(None), "prefix of {end} of {} bytes", frame.len());
                 assert_eq!(prefix, frame[..end], "an incomplete frame is not modified");
             }
             // Bytes after the frame are not consumed.
@@ -556,10 +533,7 @@ mod tests {
         bytes.extend(client_frame(0x80, b"fghij", [7, 7, 7, 7]));
         bytes.extend(client_frame(0x82, b"single", [3, 3, 3, 3]));
         let events = decode_all(&mut d, bytes).unwrap();
-        let kinds: Vec<_> = events
-            .iter()
-            .map(|(e, p)| (std::mem::discriminant(e), p.as_slice()))
-            .collect();
+        let kinds: Vec<_> = events.iter().map(|(e, p)| (std::mem::discriminant(e), p.as_slice())).collect();
         let expected: [(WsEvent, &[u8]); 6] = [
             (WsEvent::Fragment, b""),
             (WsEvent::Ping(0..0), b"ping!"),
@@ -568,13 +542,7 @@ mod tests {
             (WsEvent::BinaryAssembled(Vec::new()), b"abcdefghij"),
             (WsEvent::Binary(0..0), b"single"),
         ];
-        assert_eq!(
-            kinds,
-            expected
-                .iter()
-                .map(|(e, p)| (std::mem::discriminant(e), *p))
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(kinds, expected.iter().map(|(e, p)| (std::mem::discriminant(e), *p)).collect::<Vec<_>>());
         assert!(!d.is_assembling());
 
         // One byte more than the limit, announced by the last fragment.
@@ -585,10 +553,7 @@ mod tests {
         assert_eq!((event, consumed), (WsEvent::Fragment, first));
         // Only the header of the oversized fragment is needed to refuse it.
         let mut header_only = bytes[first..first + 6].to_vec();
-        assert_eq!(
-            d.decode(&mut header_only),
-            Err(WsError::MessageTooLarge { len: 11, max: 10 })
-        );
+        assert_eq!(d.decode(&mut header_only), Err(WsError::MessageTooLarge { len: 11, max: 10 }));
     }
 
     #[test]
@@ -624,10 +589,7 @@ mod tests {
         let mut buf = [0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4];
         assert_eq!(
             d.decode(&mut buf),
-            Err(WsError::MessageTooLarge {
-                len: i64::MAX as u64,
-                max: DEFAULT_MAX_MESSAGE_LEN
-            })
+            Err(WsError::MessageTooLarge { len: i64::MAX as u64, max: DEFAULT_MAX_MESSAGE_LEN })
         );
         let limit = DEFAULT_MAX_MESSAGE_LEN as u64;
         let mut buf = [&[0x82, 0xFF][..], &(limit + 1).to_be_bytes(), &[1, 2, 3, 4]].concat();
@@ -680,10 +642,7 @@ mod tests {
         };
         assert_eq!(decode(b""), Ok((None, Vec::new())));
         assert_eq!(decode(b"\x03\xe8"), Ok((Some(1000), Vec::new())));
-        assert_eq!(
-            decode(&[b"\x0f\xa0", "é bye".as_bytes()].concat()),
-            Ok((Some(4000), "é bye".as_bytes().to_vec()))
-        );
+        assert_eq!(decode(&[b"\x0f\xa0", "é bye".as_bytes()].concat()), Ok((Some(4000), "é bye".as_bytes().to_vec())));
         assert_eq!(decode(b"\x03"), Err(WsError::CloseTruncated));
         for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
             assert_eq!(decode(&code.to_be_bytes()), Err(WsError::BadCloseCode(code)), "{code}");
@@ -724,10 +683,7 @@ mod tests {
         // Same bytes as tungstenite's header formatting.
         for len in [0, 1, 125, 126, 127, 65535, 65536, 65540, 1 << 24] {
             let mut theirs = Vec::new();
-            let binary = FrameHeader {
-                opcode: OpCode::Data(Data::Binary),
-                ..FrameHeader::default()
-            };
+            let binary = FrameHeader { opcode: OpCode::Data(Data::Binary), ..FrameHeader::default() };
             binary.format(len as u64, &mut theirs).unwrap();
             assert_eq!(header(len), theirs, "{len}");
             assert_eq!(header_len(len), theirs.len(), "{len}");
@@ -783,17 +739,12 @@ mod tests {
     fn decodes_what_the_tungstenite_client_sends() {
         let mut client = WebSocket::from_raw_socket(Pipe::default(), Role::Client, None);
         let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-        client
-            .send(Message::Binary(b"\x01\x01\x00\x00envelope".to_vec().into()))
-            .unwrap();
+        client.send(Message::Binary(b"\x01\x01\x00\x00envelope".to_vec().into())).unwrap();
         client.send(Message::Ping(b"p".to_vec().into())).unwrap();
         client.send(Message::Binary(big.clone().into())).unwrap();
         client.send(Message::Text("hi".into())).unwrap();
         client
-            .send(Message::Close(Some(tungstenite::protocol::CloseFrame {
-                code: 4000.into(),
-                reason: "done".into(),
-            })))
+            .send(Message::Close(Some(tungstenite::protocol::CloseFrame { code: 4000.into(), reason: "done".into() })))
             .unwrap();
         let bytes = std::mem::take(&mut client.get_mut().output);
         let events = decode_all(&mut WsDecoder::new(100_000), bytes).unwrap();
@@ -807,11 +758,9 @@ mod tests {
 
         // Fragmented frames built with tungstenite's frame API and a mask.
         let mut bytes = Vec::new();
-        for (part, opcode, fin) in [
-            (&b"abc"[..], Data::Binary, false),
-            (b"def", Data::Continue, false),
-            (b"g", Data::Continue, true),
-        ] {
+        for (part, opcode, fin) in
+            [(&b"abc"[..], Data::Binary, false), (b"def", Data::Continue, false), (b"g", Data::Continue, true)]
+        {
             let mut frame = Frame::message(part.to_vec(), OpCode::Data(opcode), fin);
             frame.header_mut().mask = Some([0x9a, 0xbc, 0xde, 0xf0]);
             frame.format(&mut bytes).unwrap();
@@ -834,25 +783,15 @@ mod tests {
         input.extend(binary_frame(b"small"));
         input.extend(ping_frame(b"are you there"));
         input.extend(close_frame(1003, "text is not supported"));
-        let pipe = Pipe {
-            input: Cursor::new(input),
-            output: Vec::new(),
-        };
+        let pipe = Pipe { input: Cursor::new(input), output: Vec::new() };
         let mut client = WebSocket::from_raw_socket(pipe, Role::Client, None);
-        let Message::Binary(first) = client.read().unwrap() else {
-            panic!("binary expected")
-        };
+        let Message::Binary(first) = client.read().unwrap() else { panic!("binary expected") };
         assert_eq!(first[..4], deliver);
         assert_eq!(first[4..], envelope[..]);
         assert_eq!(client.read().unwrap(), Message::Binary(b"small".to_vec().into()));
         assert_eq!(client.read().unwrap(), Message::Ping(b"are you there".to_vec().into()));
-        let Message::Close(Some(close)) = client.read().unwrap() else {
-            panic!("close expected")
-        };
-        assert_eq!(
-            (u16::from(close.code), close.reason.as_str()),
-            (1003, "text is not supported")
-        );
+        let Message::Close(Some(close)) = client.read().unwrap() else { panic!("close expected") };
+        assert_eq!((u16::from(close.code), close.reason.as_str()), (1003, "text is not supported"));
     }
 
     #[test]

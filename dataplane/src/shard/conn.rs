@@ -91,11 +91,7 @@ struct Io {
 
 impl Io {
     fn plain(stream: TcpStream) -> Self {
-        Self {
-            stream,
-            tls: None,
-            raw: BytesMut::new(),
-        }
+        Self { stream, tls: None, raw: BytesMut::new() }
     }
 
     fn new(shard: &Shard, stream: TcpStream) -> std::io::Result<Self> {
@@ -103,11 +99,7 @@ impl Io {
             Some(cfg) => Some(Box::new(TlsSession::new(cfg.clone())?)),
             None => None,
         };
-        Ok(Self {
-            stream,
-            tls,
-            raw: BytesMut::new(),
-        })
+        Ok(Self { stream, tls, raw: BytesMut::new() })
     }
 
     /// Reads and appends plaintext to `buf`; `Ok(0)` at end of stream.
@@ -202,9 +194,7 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         }
         _ => {
             let body = http::error_body(ErrorCode::UnknownFrameType, "no such endpoint");
-            let _ = io
-                .write_all(http::response(404, "application/json", &body, false))
-                .await;
+            let _ = io.write_all(http::response(404, "application/json", &body, false)).await;
         }
     }
 }
@@ -237,9 +227,7 @@ fn now_unix_secs() -> u64 {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Verifies the request's bearer token with the shard's cached verifier.
@@ -249,11 +237,7 @@ fn authenticate(shard: &Shard, head: &RequestHead) -> Result<Arc<Identity>, (Err
         Ok(None) => return Err((ErrorCode::Unauthenticated, "no token: use Authorization: Bearer".into())),
         Err(e) => return Err((ErrorCode::InvalidToken, e.to_string())),
     };
-    shard
-        .tokens
-        .borrow_mut()
-        .verify(token.jwt(), now_unix_secs())
-        .map_err(|e| (e.code(), e.to_string()))
+    shard.tokens.borrow_mut().verify(token.jwt(), now_unix_secs()).map_err(|e| (e.code(), e.to_string()))
 }
 
 async fn websocket(
@@ -299,25 +283,14 @@ async fn websocket(
     // SAFETY: `into_raw_fd` released ownership of an open socket to us
     // (after deregistering it from this shard's reactor).
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let handoff = Box::new(Handoff {
-        fd,
-        tls,
-        identity,
-        leftover,
-        peer,
-        permit,
-    });
+    let handoff = Box::new(Handoff { fd, tls, identity, leftover, peer, permit });
     shard.metrics.handoffs.inc();
     if let Err(Msg::Handoff(h)) = shard.shared.mesh.send(shard.id, owner, Msg::Handoff(handoff)) {
         // The owner's queue is full: refuse rather than queue without bound.
         shard.metrics.cross_shard_full.inc();
         let std = std::net::TcpStream::from(h.fd);
         if let Ok(stream) = TcpStream::from_std(std) {
-            let mut io = Io {
-                stream,
-                tls: h.tls,
-                raw: BytesMut::new(),
-            };
+            let mut io = Io { stream, tls: h.tls, raw: BytesMut::new() };
             let frame = ws::close_frame(ErrorCode::Overloaded.close_code(), "server busy, retry");
             let _ = io.write_all(frame).await;
         }
@@ -330,11 +303,7 @@ pub(crate) fn adopt(shard: &Shard, h: Handoff) {
     let std = std::net::TcpStream::from(h.fd);
     match TcpStream::from_std(std) {
         Ok(stream) => {
-            let io = Io {
-                stream,
-                tls: h.tls,
-                raw: BytesMut::new(),
-            };
+            let io = Io { stream, tls: h.tls, raw: BytesMut::new() };
             monoio::spawn(run_websocket(shard, io, h.leftover, h.identity, h.peer, h.permit));
         }
         Err(e) => tracing::warn!(error = %e, "cannot adopt handed-over connection"),
@@ -351,10 +320,7 @@ async fn run_websocket(
     _permit: ConnPermit,
 ) {
     let id = shard.register(identity.clone(), Protocol::WebSocket, peer);
-    let me = Member {
-        shard: shard.id,
-        conn: id,
-    };
+    let me = Member { shard: shard.id, conn: id };
     let span = tracing::debug_span!("conn", shard = shard.id.0, conn = id.slot, user = %identity.user());
     let _enter = span.enter();
     tracing::debug!(%peer, "connected");
@@ -366,13 +332,7 @@ async fn run_websocket(
 
     let limits = Limits::default().with_max_envelope_len(shard.shared.config.limits.max_envelope_bytes);
     let mut decoder = WsDecoder::new(limits.max_frame_len());
-    let reader = Reader {
-        shard: &shard,
-        id,
-        me,
-        identity: &identity,
-        limits,
-    };
+    let reader = Reader { shard: &shard, id, me, identity: &identity, limits };
     'conn: loop {
         let now = Instant::now();
         let now_ms = now_unix_ms();
@@ -462,8 +422,7 @@ impl Reader<'_> {
                 true
             }
             WsEvent::Text => {
-                self.shard
-                    .close(self.id, ErrorCode::UnsupportedData, "text frames are not supported");
+                self.shard.close(self.id, ErrorCode::UnsupportedData, "text frames are not supported");
                 false
             }
             WsEvent::Ping(range) => {
@@ -501,15 +460,7 @@ impl Reader<'_> {
         reason: &'static str,
     ) {
         self.shard.metrics.rejected.inc(code);
-        self.shard.reply(
-            self.id,
-            Reply::Error {
-                code,
-                id,
-                request_id,
-                reason,
-            },
-        );
+        self.shard.reply(self.id, Reply::Error { code, id, request_id, reason });
     }
 
     fn on_frame(&self, payload: Bytes, now: Instant, now_ms: u64) {
@@ -553,14 +504,9 @@ impl Reader<'_> {
                     Some(false) => self.shard.reply(self.id, Reply::Done { request_id }),
                     Some(true) => {
                         let owner = self.shard.shared.owners.room(room.as_str());
-                        let msg = Msg::Join {
-                            room: room.as_str().into(),
-                            member: self.me,
-                            request_id,
-                        };
+                        let msg = Msg::Join { room: room.as_str().into(), member: self.me, request_id };
                         if !self.shard.send_or_handle(owner, msg) {
-                            self.shard
-                                .with_conn(self.id, |c| c.rooms.retain(|r| **r != *room.as_str()));
+                            self.shard.with_conn(self.id, |c| c.rooms.retain(|r| **r != *room.as_str()));
                             self.error(ErrorCode::Overloaded, None, Some(request_id), "server busy, retry");
                         }
                     }
@@ -573,31 +519,18 @@ impl Reader<'_> {
                     before != c.rooms.len()
                 });
                 if was != Some(true) {
-                    self.error(
-                        ErrorCode::NotAMember,
-                        None,
-                        Some(request_id),
-                        "not a member of this room",
-                    );
+                    self.error(ErrorCode::NotAMember, None, Some(request_id), "not a member of this room");
                     return;
                 }
                 let owner = self.shard.shared.owners.room(room.as_str());
-                let msg = Msg::Leave {
-                    room: room.as_str().into(),
-                    member: self.me,
-                    request_id: Some(request_id),
-                };
+                let msg = Msg::Leave { room: room.as_str().into(), member: self.me, request_id: Some(request_id) };
                 if !self.shard.send_or_handle(owner, msg) {
                     self.error(ErrorCode::Overloaded, None, Some(request_id), "server busy, retry");
                 }
             }
             Frame::PresenceQuery { request_id, user } => {
                 let owner = self.shard.shared.owners.user(user.as_str());
-                let msg = Msg::PresenceQuery {
-                    user: user.as_str().into(),
-                    from: self.me,
-                    request_id,
-                };
+                let msg = Msg::PresenceQuery { user: user.as_str().into(), from: self.me, request_id };
                 if !self.shard.send_or_handle(owner, msg) {
                     self.error(ErrorCode::Overloaded, None, Some(request_id), "server busy, retry");
                 }
@@ -612,12 +545,7 @@ impl Reader<'_> {
             Frame::Pong { .. } => {}
             other => {
                 tracing::debug!(frame = %other.frame_type(), "server-only frame from a client");
-                self.error(
-                    ErrorCode::UnknownFrameType,
-                    None,
-                    None,
-                    "clients may not send this frame type",
-                );
+                self.error(ErrorCode::UnknownFrameType, None, None, "clients may not send this frame type");
             }
         }
     }
@@ -634,12 +562,7 @@ impl Reader<'_> {
         };
         let id = env.id();
         if env.sender() != self.identity.user() {
-            self.error(
-                ErrorCode::SenderMismatch,
-                Some(id),
-                None,
-                "sender is not the authenticated user",
-            );
+            self.error(ErrorCode::SenderMismatch, Some(id), None, "sender is not the authenticated user");
             return;
         }
         if env.is_expired(now_ms, shard.shared.config.limits.max_ttl_ms) {
@@ -656,12 +579,7 @@ impl Reader<'_> {
             Destination::User(user) => shard.route_user(user, bytes.clone(), id, self.me, echo),
             Destination::Room(room) => shard.route_room(room.as_str(), bytes.clone(), id, self.me, echo),
             _ => {
-                self.error(
-                    ErrorCode::InvalidDestination,
-                    Some(id),
-                    None,
-                    "service destinations are not routed yet",
-                );
+                self.error(ErrorCode::InvalidDestination, Some(id), None, "service destinations are not routed yet");
                 return;
             }
         }
@@ -775,23 +693,11 @@ async fn http_send(
     // Base64 in JSON inflates the payload by 4/3, plus the other fields.
     let max_body = if json { max_env / 3 * 4 + 8192 } else { max_env };
     let Some(len) = head.content_length() else {
-        let _ = io
-            .write_all(http::error_response(
-                ErrorCode::MalformedFrame,
-                "Content-Length required",
-                false,
-            ))
-            .await;
+        let _ = io.write_all(http::error_response(ErrorCode::MalformedFrame, "Content-Length required", false)).await;
         return;
     };
     if len as usize > max_body {
-        let _ = io
-            .write_all(http::error_response(
-                ErrorCode::EnvelopeTooLarge,
-                "body too large",
-                false,
-            ))
-            .await;
+        let _ = io.write_all(http::error_response(ErrorCode::EnvelopeTooLarge, "body too large", false)).await;
         return;
     }
     if head.expect_continue() && io.write_all(http::CONTINUE_RESPONSE.to_vec()).await.is_err() {
@@ -812,9 +718,7 @@ async fn http_send(
         match crate::frontend::http_json::envelope_from_json(&body, identity.user(), now_unix_ms()) {
             Ok(e) => Bytes::from(e),
             Err(reason) => {
-                let _ = io
-                    .write_all(http::error_response(ErrorCode::InvalidEnvelope, &reason, false))
-                    .await;
+                let _ = io.write_all(http::error_response(ErrorCode::InvalidEnvelope, &reason, false)).await;
                 return;
             }
         }
@@ -823,25 +727,12 @@ async fn http_send(
     };
     let id = shard.register(identity.clone(), Protocol::Http, peer);
     let limits = Limits::default().with_max_envelope_len(max_env);
-    let reader = Reader {
-        shard: &shard,
-        id,
-        me: Member {
-            shard: shard.id,
-            conn: id,
-        },
-        identity: &identity,
-        limits,
-    };
+    let reader = Reader { shard: &shard, id, me: Member { shard: shard.id, conn: id }, identity: &identity, limits };
     reader.on_send(envelope, Instant::now(), now_unix_ms());
     let reply = poll_fn(|cx| shard.poll_http_reply(id, cx.waker())).await;
     shard.unregister(id);
     let response = match reply {
-        Some(Reply::Accepted {
-            id,
-            outcome,
-            recipients,
-        }) => http::accepted_response(id, outcome, recipients, false),
+        Some(Reply::Accepted { id, outcome, recipients }) => http::accepted_response(id, outcome, recipients, false),
         Some(Reply::Error { code, reason, .. }) => http::error_response(code, reason, false),
         _ => http::error_response(ErrorCode::Internal, "no answer", false),
     };

@@ -155,9 +155,7 @@ mod tests {
         let consumer = {
             let mesh = mesh.clone();
             std::thread::spawn(move || {
-                let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                    .build()
-                    .expect("runtime");
+                let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().expect("runtime");
                 rt.block_on(async move {
                     let mut seen = 0;
                     while seen < 1000 {

@@ -88,45 +88,17 @@ impl Protocol {
 /// A message between shards, or from outside into a shard.
 pub(crate) enum Msg {
     /// Deliver to every live connection of `user` (owned by the receiver).
-    ToUser {
-        envelope: Bytes,
-        user: Bytes,
-        id: EnvelopeId,
-        from: Member,
-        exclude: Option<Member>,
-    },
+    ToUser { envelope: Bytes, user: Bytes, id: EnvelopeId, from: Member, exclude: Option<Member> },
     /// Fan out to the members of `room` (owned by the receiver).
-    ToRoom {
-        envelope: Bytes,
-        room: Bytes,
-        id: EnvelopeId,
-        from: Member,
-        exclude: Option<Member>,
-    },
+    ToRoom { envelope: Bytes, room: Bytes, id: EnvelopeId, from: Member, exclude: Option<Member> },
     /// Deliver to these connections of the receiver.
-    Deliver {
-        envelope: Bytes,
-        id: EnvelopeId,
-        conns: Vec<ConnId>,
-    },
+    Deliver { envelope: Bytes, id: EnvelopeId, conns: Vec<ConnId> },
     /// Add a member to a room owned by the receiver.
-    Join {
-        room: Box<str>,
-        member: Member,
-        request_id: u32,
-    },
+    Join { room: Box<str>, member: Member, request_id: u32 },
     /// Remove a member; `request_id` is `None` when its connection closed.
-    Leave {
-        room: Box<str>,
-        member: Member,
-        request_id: Option<u32>,
-    },
+    Leave { room: Box<str>, member: Member, request_id: Option<u32> },
     /// How many connections does `user` (owned by the receiver) have?
-    PresenceQuery {
-        user: Box<str>,
-        from: Member,
-        request_id: u32,
-    },
+    PresenceQuery { user: Box<str>, from: Member, request_id: u32 },
     /// An answer for a connection of the receiver.
     Reply { conn: ConnId, reply: Reply },
     /// A connection that authenticated on another shard, for its owner.
@@ -138,25 +110,10 @@ pub(crate) enum Msg {
 /// An answer frame for a connection.
 #[derive(Debug, Clone)]
 pub(crate) enum Reply {
-    Accepted {
-        id: EnvelopeId,
-        outcome: Outcome,
-        recipients: u32,
-    },
-    Error {
-        code: ErrorCode,
-        id: Option<EnvelopeId>,
-        request_id: Option<u32>,
-        reason: &'static str,
-    },
-    Done {
-        request_id: u32,
-    },
-    Presence {
-        request_id: u32,
-        user: Box<str>,
-        connections: u32,
-    },
+    Accepted { id: EnvelopeId, outcome: Outcome, recipients: u32 },
+    Error { code: ErrorCode, id: Option<EnvelopeId>, request_id: Option<u32>, reason: &'static str },
+    Done { request_id: u32 },
+    Presence { request_id: u32, user: Box<str>, connections: u32 },
 }
 
 /// One live connection, as the admin API shows it.
@@ -242,10 +199,7 @@ impl Shared {
             return Err(ErrorCode::ConnectionLimit);
         }
         *n += 1;
-        Ok(ConnPermit {
-            shared: self.clone(),
-            ip,
-        })
+        Ok(ConnPermit { shared: self.clone(), ip })
     }
 
     /// Connections open now.
@@ -319,22 +273,13 @@ pub(crate) struct LogLimiter {
 
 impl LogLimiter {
     pub(crate) fn new(per_sec: u32) -> Self {
-        Self {
-            per_sec,
-            window: Cell::new(None),
-            used: Cell::new(0),
-            dropped: Cell::new(0),
-        }
+        Self { per_sec, window: Cell::new(None), used: Cell::new(0), dropped: Cell::new(0) }
     }
 
     /// True if a line may be logged now.
     pub(crate) fn allow(&self) -> bool {
         let now = Instant::now();
-        if self
-            .window
-            .get()
-            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
-        {
+        if self.window.get().is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
             let dropped = self.dropped.replace(0);
             if dropped > 0 {
                 tracing::info!(dropped, "log lines about bad input suppressed in the last second");
@@ -364,12 +309,7 @@ pub(crate) struct TokenBucket {
 impl TokenBucket {
     pub(crate) fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
         let burst = f64::from(burst.max(1));
-        Self {
-            rate: f64::from(rate_per_sec),
-            burst,
-            tokens: burst,
-            last: now,
-        }
+        Self { rate: f64::from(rate_per_sec), burst, tokens: burst, last: now }
     }
 
     /// Takes one token; false if the bucket is empty. Rate 0 = unlimited.
@@ -401,7 +341,9 @@ pub(crate) struct Shard {
     presence: RefCell<Presence>,
     rooms: RefCell<Rooms>,
     pub(crate) tokens: RefCell<crate::auth::ShardVerifier>,
-    scratch: RefCell<Vec<(ShardId, Vec<ConnId>)>>,
+    /// Messages that must not be dropped (answers, room deliveries, leaves)
+    /// waiting for room in a full queue, in order.
+    backlog: RefCell<std::collections::VecDeque<(ShardId, Msg)>>,
     scratch_frame: RefCell<Vec<u8>>,
     pub(crate) stopping: Cell<bool>,
     /// Rate limit for logs about bad input, so a flood of bad clients
@@ -424,7 +366,7 @@ impl Shard {
             presence: RefCell::new(Presence::default()),
             rooms: RefCell::new(Rooms::default()),
             tokens: RefCell::new(tokens),
-            scratch: RefCell::new(Vec::new()),
+            backlog: RefCell::new(std::collections::VecDeque::new()),
             scratch_frame: RefCell::new(Vec::with_capacity(512)),
             stopping: Cell::new(false),
             log_limiter: LogLimiter::new(20),
@@ -463,10 +405,7 @@ impl Shard {
             gens.resize(slot + 1, 0);
         }
         gens[slot] = gens[slot].wrapping_add(1);
-        let id = ConnId {
-            slot: slot as u32,
-            generation: gens[slot],
-        };
+        let id = ConnId { slot: slot as u32, generation: gens[slot] };
         let user: Box<str> = conn.identity.user().as_str().into();
         entry.insert(conn);
         if protocol == Protocol::WebSocket {
@@ -507,19 +446,9 @@ impl Shard {
         if conn.protocol == Protocol::WebSocket {
             self.presence.borrow_mut().remove(conn.identity.user().as_str(), id);
         }
-        let me = Member {
-            shard: self.id,
-            conn: id,
-        };
+        let me = Member { shard: self.id, conn: id };
         for room in conn.rooms {
-            self.send_or_handle(
-                self.shared.owners.room(&room),
-                Msg::Leave {
-                    room,
-                    member: me,
-                    request_id: None,
-                },
-            );
+            self.send_reliable(self.shared.owners.room(&room), Msg::Leave { room, member: me, request_id: None });
         }
         self.metrics.connection_closed(conn.protocol);
         if self.stopping.get()
@@ -620,21 +549,51 @@ impl Shard {
     pub(crate) fn answer(&self, to: Member, reply: Reply) {
         if to.shard == self.id {
             self.reply(to.conn, reply);
-        } else if self
-            .shared
-            .mesh
-            .send(self.id, to.shard, Msg::Reply { conn: to.conn, reply })
-            .is_err()
-        {
-            // The queue back to the sender's shard is full: the sender does
-            // not learn this outcome and retries with the same envelope id.
-            self.metrics.cross_shard_full.inc();
-            tracing::warn!(
-                shard = self.id.0,
-                to = to.shard.0,
-                "reply queue full, an answer was dropped"
-            );
+        } else {
+            self.send_reliable(to.shard, Msg::Reply { conn: to.conn, reply });
         }
+    }
+
+    /// Sends a message that must arrive (an answer the sender waits for, a
+    /// room delivery, a leave): if the queue to `dst` is full, it waits in
+    /// this shard's backlog, behind earlier ones to `dst`, and is retried
+    /// every loop turn and tick. The backlog is bounded by what the other
+    /// shards sent us, which their own queue bounds limit.
+    pub(crate) fn send_reliable(&self, dst: ShardId, msg: Msg) {
+        if dst == self.id {
+            self.handle(msg);
+            return;
+        }
+        let mut backlog = self.backlog.borrow_mut();
+        if backlog.iter().any(|(d, _)| *d == dst) {
+            backlog.push_back((dst, msg));
+            return;
+        }
+        if let Err(msg) = self.shared.mesh.send(self.id, dst, msg) {
+            self.metrics.cross_shard_full.inc();
+            backlog.push_back((dst, msg));
+        }
+    }
+
+    /// Retries backlogged messages, in order per destination.
+    pub(crate) fn flush_backlog(&self) {
+        let mut backlog = self.backlog.borrow_mut();
+        if backlog.is_empty() {
+            return;
+        }
+        let mut blocked: Vec<ShardId> = Vec::new();
+        let mut rest = std::collections::VecDeque::with_capacity(backlog.len());
+        while let Some((dst, msg)) = backlog.pop_front() {
+            if blocked.contains(&dst) {
+                rest.push_back((dst, msg));
+                continue;
+            }
+            if let Err(msg) = self.shared.mesh.send(self.id, dst, msg) {
+                blocked.push(dst);
+                rest.push_back((dst, msg));
+            }
+        }
+        *backlog = rest;
     }
 
     /// Sends a message to `dst`, or handles it here if `dst` is this shard.
@@ -670,10 +629,7 @@ impl Shard {
                 self.metrics.queue_overflow.inc();
                 return false;
             }
-            c.out.push(Out::Deliver {
-                envelope: envelope.clone(),
-                redelivery: false,
-            });
+            c.out.push(Out::Deliver { envelope: envelope.clone(), redelivery: false });
             c.unacked.push_back((env_id, len));
             c.unacked_bytes += len;
             c.wake_writer();
@@ -684,15 +640,12 @@ impl Shard {
 
     /// Delivers to every connection of a user owned by this shard.
     fn deliver_to_user(&self, user: &str, envelope: &Bytes, id: EnvelopeId, exclude: Option<Member>) -> u32 {
-        let conns: Vec<ConnId> = self.presence.borrow().connections(user).to_vec();
+        // `deliver_one` borrows the connection table, not the presence
+        // table, so the list is walked in place (no copy per envelope).
+        let presence = self.presence.borrow();
         let mut n = 0;
-        for c in conns {
-            if exclude
-                == Some(Member {
-                    shard: self.id,
-                    conn: c,
-                })
-            {
+        for &c in presence.connections(user) {
+            if exclude == Some(Member { shard: self.id, conn: c }) {
                 continue;
             }
             if self.deliver_one(c, envelope, id) {
@@ -706,71 +659,31 @@ impl Shard {
     /// Handles one message addressed to this shard.
     pub(crate) fn handle(&self, msg: Msg) {
         match msg {
-            Msg::ToUser {
-                envelope,
-                user,
-                id,
-                from,
-                exclude,
-            } => {
+            Msg::ToUser { envelope, user, id, from, exclude } => {
                 let user = std::str::from_utf8(&user).unwrap_or_default();
                 let n = self.deliver_to_user(user, &envelope, id, exclude);
-                let outcome = if n > 0 {
-                    Outcome::Delivered
-                } else {
-                    Outcome::RecipientOffline
-                };
+                let outcome = if n > 0 { Outcome::Delivered } else { Outcome::RecipientOffline };
                 self.metrics.routed(RouteKind::User, outcome);
-                self.answer(
-                    from,
-                    Reply::Accepted {
-                        id,
-                        outcome,
-                        recipients: n,
-                    },
-                );
+                self.answer(from, Reply::Accepted { id, outcome, recipients: n });
             }
-            Msg::ToRoom {
-                envelope,
-                room,
-                id,
-                from,
-                exclude,
-            } => {
+            Msg::ToRoom { envelope, room, id, from, exclude } => {
                 let room = std::str::from_utf8(&room).unwrap_or_default();
-                let rooms = self.rooms.borrow();
-                let members = rooms.members(room);
-                let mut groups = self.scratch.borrow_mut();
+                // One message per shard with members, each carrying the
+                // same refcounted envelope.
+                let mut groups: Vec<(ShardId, Vec<ConnId>)> = Vec::new();
                 let mut recipients = 0u32;
-                groups.clear();
-                for m in members.iter().filter(|m| Some(**m) != exclude) {
+                for m in self.rooms.borrow().members(room).iter().filter(|m| Some(**m) != exclude) {
                     recipients += 1;
                     match groups.iter_mut().find(|(s, _)| *s == m.shard) {
                         Some((_, v)) => v.push(m.conn),
                         None => groups.push((m.shard, vec![m.conn])),
                     }
                 }
-                drop(rooms);
-                let groups = std::mem::take(&mut *groups);
                 for (shard, conns) in groups {
-                    let msg = Msg::Deliver {
-                        envelope: envelope.clone(),
-                        id,
-                        conns,
-                    };
-                    if !self.send_or_handle(shard, msg) {
-                        tracing::debug!(shard = self.id.0, to = shard.0, "room fan-out queue full");
-                    }
+                    self.send_reliable(shard, Msg::Deliver { envelope: envelope.clone(), id, conns });
                 }
                 self.metrics.routed(RouteKind::Room, Outcome::Delivered);
-                self.answer(
-                    from,
-                    Reply::Accepted {
-                        id,
-                        outcome: Outcome::Delivered,
-                        recipients,
-                    },
-                );
+                self.answer(from, Reply::Accepted { id, outcome: Outcome::Delivered, recipients });
             }
             Msg::Deliver { envelope, id, conns } => {
                 let mut n = 0;
@@ -779,19 +692,11 @@ impl Shard {
                 }
                 self.metrics.delivered.add(n);
             }
-            Msg::Join {
-                room,
-                member,
-                request_id,
-            } => {
+            Msg::Join { room, member, request_id } => {
                 self.rooms.borrow_mut().join(&room, member);
                 self.answer(member, Reply::Done { request_id });
             }
-            Msg::Leave {
-                room,
-                member,
-                request_id,
-            } => {
+            Msg::Leave { room, member, request_id } => {
                 let was = self.rooms.borrow_mut().leave(&room, member);
                 if let Some(request_id) = request_id {
                     let reply = if was {
@@ -809,14 +714,7 @@ impl Shard {
             }
             Msg::PresenceQuery { user, from, request_id } => {
                 let connections = self.presence.borrow().connections(&user).len() as u32;
-                self.answer(
-                    from,
-                    Reply::Presence {
-                        request_id,
-                        user,
-                        connections,
-                    },
-                );
+                self.answer(from, Reply::Presence { request_id, user, connections });
             }
             Msg::Reply { conn, reply } => self.reply(conn, reply),
             Msg::Handoff(h) => conn::adopt(self, *h),
@@ -852,10 +750,7 @@ impl Shard {
                     .conns
                     .borrow()
                     .iter()
-                    .map(|(slot, _)| ConnId {
-                        slot: slot as u32,
-                        generation: self.generations.borrow()[slot],
-                    })
+                    .map(|(slot, _)| ConnId { slot: slot as u32, generation: self.generations.borrow()[slot] })
                     .collect();
                 for id in ids {
                     self.close(id, ErrorCode::ShuttingDown, "server shutting down");
@@ -906,10 +801,7 @@ impl Shard {
                 if c.protocol != Protocol::WebSocket || c.closing.is_some() {
                     continue;
                 }
-                let id = ConnId {
-                    slot: slot as u32,
-                    generation: gens[slot],
-                };
+                let id = ConnId { slot: slot as u32, generation: gens[slot] };
                 let frames = c.out.len() + c.unacked.len();
                 let bytes = c.out.bytes() + c.unacked_bytes;
                 if frames < l.outbound_queue_frames && bytes < l.outbound_queue_bytes {
@@ -917,11 +809,7 @@ impl Shard {
                 }
                 let silent = now.saturating_duration_since(c.last_seen);
                 if c.slow_since.is_some_and(|t| now.saturating_duration_since(t) >= grace) {
-                    to_close.push((
-                        id,
-                        ErrorCode::SlowConsumer,
-                        "did not read or acknowledge deliveries in time",
-                    ));
+                    to_close.push((id, ErrorCode::SlowConsumer, "did not read or acknowledge deliveries in time"));
                 } else if silent >= idle_after {
                     to_close.push((id, ErrorCode::IdleTimeout, "no traffic"));
                 } else if silent >= ping_after && !c.pinged {
@@ -935,14 +823,10 @@ impl Shard {
             if code == ErrorCode::SlowConsumer {
                 self.metrics.slow_consumers.inc();
             }
-            tracing::info!(
-                shard = self.id.0,
-                conn = id.slot,
-                code = code.name(),
-                "closing connection"
-            );
+            tracing::info!(shard = self.id.0, conn = id.slot, code = code.name(), "closing connection");
             self.close(id, code, reason);
         }
+        self.flush_backlog();
         self.metrics.set_queue_depths(&self.shared.mesh, self.id);
     }
 
@@ -972,13 +856,7 @@ impl Shard {
         let owner = self.shared.owners.user(user.as_str());
         let exclude = if echo { None } else { Some(from) };
         let user_bytes = envelope.slice_ref(user.as_str().as_bytes());
-        let msg = Msg::ToUser {
-            envelope,
-            user: user_bytes,
-            id,
-            from,
-            exclude,
-        };
+        let msg = Msg::ToUser { envelope, user: user_bytes, id, from, exclude };
         if !self.send_or_handle(owner, msg) {
             self.answer(from, overloaded(id));
         }
@@ -989,13 +867,7 @@ impl Shard {
         let owner = self.shared.owners.room(room);
         let exclude = if echo { None } else { Some(from) };
         let room_bytes = envelope.slice_ref(room.as_bytes());
-        let msg = Msg::ToRoom {
-            envelope,
-            room: room_bytes,
-            id,
-            from,
-            exclude,
-        };
+        let msg = Msg::ToRoom { envelope, room: room_bytes, id, from, exclude };
         if !self.send_or_handle(owner, msg) {
             self.answer(from, overloaded(id));
         }
@@ -1034,42 +906,16 @@ pub enum RouteKind {
 /// small answers (`accepted`, `done`) allocate nothing.
 fn reply_frame(reply: &Reply, scratch: &mut Vec<u8>) -> Out {
     let frame = match reply {
-        Reply::Accepted {
-            id,
-            outcome,
-            recipients,
-        } => Frame::Accepted {
-            id: *id,
-            outcome: *outcome,
-            recipients: *recipients,
-        },
-        Reply::Error {
-            code,
-            id,
-            request_id,
-            reason,
-        } => Frame::Error(ErrorFrame {
-            code: code.code(),
-            envelope_id: *id,
-            request_id: *request_id,
-            reason,
-        }),
-        Reply::Done { request_id } => Frame::Done {
-            request_id: *request_id,
-        },
-        Reply::Presence {
-            request_id,
-            user,
-            connections,
-        } => match UserId::parse(user) {
-            Ok(user) => Frame::PresenceResult {
-                request_id: *request_id,
-                user,
-                connections: *connections,
-            },
-            Err(_) => Frame::Done {
-                request_id: *request_id,
-            },
+        Reply::Accepted { id, outcome, recipients } => {
+            Frame::Accepted { id: *id, outcome: *outcome, recipients: *recipients }
+        }
+        Reply::Error { code, id, request_id, reason } => {
+            Frame::Error(ErrorFrame { code: code.code(), envelope_id: *id, request_id: *request_id, reason })
+        }
+        Reply::Done { request_id } => Frame::Done { request_id: *request_id },
+        Reply::Presence { request_id, user, connections } => match UserId::parse(user) {
+            Ok(user) => Frame::PresenceResult { request_id: *request_id, user, connections: *connections },
+            Err(_) => Frame::Done { request_id: *request_id },
         },
     };
     scratch.clear();

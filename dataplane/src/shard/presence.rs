@@ -21,14 +21,8 @@ impl Owners {
     /// Owners over `shards` shards with a fixed `seed` (same seed, same
     /// placement: a restart keeps users on the same shard index).
     pub fn new(shards: usize, seed: u64) -> Self {
-        assert!(
-            shards > 0 && shards <= usize::from(u16::MAX),
-            "shard count checked by config"
-        );
-        Self {
-            state: foldhash::quality::FixedState::with_seed(seed),
-            shards,
-        }
+        assert!(shards > 0 && shards <= usize::from(u16::MAX), "shard count checked by config");
+        Self { state: foldhash::quality::FixedState::with_seed(seed), shards }
     }
 
     /// The shard owning `name` (a user or a room; rooms are salted so that
@@ -200,20 +194,14 @@ mod tests {
     #[test]
     fn rooms_join_leave_and_group() {
         let mut r = Rooms::default();
-        let m = |s, c| Member {
-            shard: ShardId(s),
-            conn: conn(c),
-        };
+        let m = |s, c| Member { shard: ShardId(s), conn: conn(c) };
         assert!(r.join("lobby", m(0, 1)));
         assert!(!r.join("lobby", m(0, 1)));
         assert!(r.join("lobby", m(1, 2)));
         assert!(r.join("lobby", m(0, 3)));
         let mut groups = Vec::new();
         group_by_shard::<u8>(r.members("lobby"), &mut groups, std::marker::PhantomData);
-        assert_eq!(
-            groups,
-            [(ShardId(0), vec![conn(1), conn(3)]), (ShardId(1), vec![conn(2)])]
-        );
+        assert_eq!(groups, [(ShardId(0), vec![conn(1), conn(3)]), (ShardId(1), vec![conn(2)])]);
         assert!(r.leave("lobby", m(0, 1)));
         assert!(!r.leave("lobby", m(0, 1)));
         assert!(r.leave("lobby", m(1, 2)) && r.leave("lobby", m(0, 3)));

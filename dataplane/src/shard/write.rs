@@ -33,10 +33,7 @@ impl Out {
         if bytes.len() <= INLINE_LEN {
             let mut b = [0; INLINE_LEN];
             b[..bytes.len()].copy_from_slice(bytes);
-            Self::Inline {
-                len: bytes.len() as u8,
-                bytes: b,
-            }
+            Self::Inline { len: bytes.len() as u8, bytes: b }
         } else {
             Self::Owned(bytes.to_vec())
         }
@@ -152,21 +149,12 @@ impl WriteBatch {
         for ((head, &len), env) in self.heads.iter().zip(&self.head_lens).zip(&self.envelopes) {
             if len == 0 {
                 let v = owned.next().expect("one owned buffer per zero-length head");
-                self.iov.push(libc::iovec {
-                    iov_base: v.as_ptr() as *mut _,
-                    iov_len: v.len(),
-                });
+                self.iov.push(libc::iovec { iov_base: v.as_ptr() as *mut _, iov_len: v.len() });
                 continue;
             }
-            self.iov.push(libc::iovec {
-                iov_base: head.as_ptr() as *mut _,
-                iov_len: usize::from(len),
-            });
+            self.iov.push(libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: usize::from(len) });
             if !env.is_empty() {
-                self.iov.push(libc::iovec {
-                    iov_base: env.as_ptr() as *mut _,
-                    iov_len: env.len(),
-                });
+                self.iov.push(libc::iovec { iov_base: env.as_ptr() as *mut _, iov_len: env.len() });
             }
         }
         frames
@@ -248,16 +236,10 @@ mod tests {
     fn batches_keep_order_and_survive_partial_writes() {
         let mut q = OutQueue::default();
         let env = Bytes::from_static(b"ENVELOPE");
-        q.push(Out::Deliver {
-            envelope: env.clone(),
-            redelivery: false,
-        });
+        q.push(Out::Deliver { envelope: env.clone(), redelivery: false });
         q.push(Out::frame(b"\x82\x02hi"));
         q.push(Out::Owned(vec![b'x'; 100]));
-        q.push(Out::Deliver {
-            envelope: env,
-            redelivery: true,
-        });
+        q.push(Out::Deliver { envelope: env, redelivery: true });
         let total = q.bytes();
         let mut b = WriteBatch::default();
         assert_eq!(b.fill(&mut q), 4);
@@ -284,10 +266,7 @@ mod tests {
     #[test]
     fn chunks_match_the_iovecs() {
         let mut q = OutQueue::default();
-        q.push(Out::Deliver {
-            envelope: Bytes::from_static(b"E1"),
-            redelivery: false,
-        });
+        q.push(Out::Deliver { envelope: Bytes::from_static(b"E1"), redelivery: false });
         q.push(Out::Owned(b"owned".to_vec()));
         q.push(Out::frame(b"inline"));
         let mut b = WriteBatch::default();

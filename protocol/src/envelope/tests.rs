@@ -39,22 +39,13 @@ fn round_trip_every_field() {
     assert_eq!(env.ttl_ms(), 60_000);
     assert!(env.flags().contains(EnvelopeFlags::ACK_REQUESTED));
     assert!(!env.flags().contains(EnvelopeFlags::NO_PUSH));
-    assert_eq!(
-        env.flags().names().collect::<Vec<_>>(),
-        ["persist-if-offline", "ack-requested"]
-    );
+    assert_eq!(env.flags().names().collect::<Vec<_>>(), ["persist-if-offline", "ack-requested"]);
     assert_eq!(env.priority(), 200);
     assert_eq!(env.content_type(), Some("application/octet-stream"));
-    assert_eq!(
-        env.metadata().collect::<Vec<_>>(),
-        [("schema", "chat.v1"), ("trace", "abc")]
-    );
+    assert_eq!(env.metadata().collect::<Vec<_>>(), [("schema", "chat.v1"), ("trace", "abc")]);
     assert_eq!(env.payload(), b"sealed bytes");
     assert_eq!(env.as_bytes(), &bytes[..]);
-    assert!(
-        !format!("{env:?}").contains("sealed"),
-        "Debug must not print the payload"
-    );
+    assert!(!format!("{env:?}").contains("sealed"), "Debug must not print the payload");
 }
 
 #[test]
@@ -93,14 +84,8 @@ fn expiry_uses_ttl_capped_by_server_maximum() {
 fn rejects_bad_buffers_with_typed_errors() {
     let good = alice_to_bob().payload(b"p").build().unwrap();
     let limits = Limits::default();
-    assert_eq!(
-        Envelope::parse(&[], &limits).unwrap_err(),
-        EnvelopeError::Truncated { len: 0 }
-    );
-    assert_eq!(
-        Envelope::parse(&good[..7], &limits).unwrap_err(),
-        EnvelopeError::Truncated { len: 7 }
-    );
+    assert_eq!(Envelope::parse(&[], &limits).unwrap_err(), EnvelopeError::Truncated { len: 0 });
+    assert_eq!(Envelope::parse(&good[..7], &limits).unwrap_err(), EnvelopeError::Truncated { len: 7 });
     let mut wrong_version = good.clone();
     wrong_version[7] = b'2';
     let err = Envelope::parse(&wrong_version, &limits).unwrap_err();
@@ -119,10 +104,7 @@ fn rejects_bad_buffers_with_typed_errors() {
     assert_eq!(err.code(), ErrorCode::EnvelopeTooLarge);
     let mut garbage = vec![0xff; 64];
     garbage[4..8].copy_from_slice(b"SBv1");
-    assert!(matches!(
-        Envelope::parse(&garbage, &limits),
-        Err(EnvelopeError::Invalid(_))
-    ));
+    assert!(matches!(Envelope::parse(&garbage, &limits), Err(EnvelopeError::Invalid(_))));
 }
 
 #[test]
@@ -131,47 +113,26 @@ fn rejects_semantically_invalid_envelopes() {
     let mut fbb = FlatBufferBuilder::new();
     // Nil id.
     let b = alice_to_bob().id(EnvelopeId::default());
-    assert_eq!(
-        Envelope::parse(b.build_into(&mut fbb), &limits).unwrap_err(),
-        EnvelopeError::NilId
-    );
+    assert_eq!(Envelope::parse(b.build_into(&mut fbb), &limits).unwrap_err(), EnvelopeError::NilId);
     // Reserved flag bits.
     let b = alice_to_bob().flags(EnvelopeFlags(0x8000));
-    assert_eq!(
-        Envelope::parse(b.build_into(&mut fbb), &limits).unwrap_err(),
-        EnvelopeError::ReservedFlags(0x8000)
-    );
+    assert_eq!(Envelope::parse(b.build_into(&mut fbb), &limits).unwrap_err(), EnvelopeError::ReservedFlags(0x8000));
     // Bad content type.
     let b = alice_to_bob().content_type("text/plain\n");
-    assert_eq!(
-        Envelope::parse(b.build_into(&mut fbb), &limits).unwrap_err(),
-        EnvelopeError::ContentType
-    );
+    assert_eq!(Envelope::parse(b.build_into(&mut fbb), &limits).unwrap_err(), EnvelopeError::ContentType);
     // Too many metadata entries.
     let keys: Vec<String> = (0..17).map(|i| format!("k{i}")).collect();
     let b = keys.iter().fold(alice_to_bob(), |b, k| b.metadata(k, "v"));
     let err = Envelope::parse(b.build_into(&mut fbb), &limits).unwrap_err();
-    assert!(
-        matches!(err, EnvelopeError::Invalid(_) | EnvelopeError::TooManyMetadata { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, EnvelopeError::Invalid(_) | EnvelopeError::TooManyMetadata { .. }), "{err}");
     // Repeated, invalid and oversized metadata.
     let b = alice_to_bob().metadata("k", "1").metadata("k", "2");
-    assert!(matches!(
-        Envelope::parse(b.build_into(&mut fbb), &limits),
-        Err(EnvelopeError::Metadata { index: 1, .. })
-    ));
+    assert!(matches!(Envelope::parse(b.build_into(&mut fbb), &limits), Err(EnvelopeError::Metadata { index: 1, .. })));
     let b = alice_to_bob().metadata("bad key", "1");
-    assert!(matches!(
-        Envelope::parse(b.build_into(&mut fbb), &limits),
-        Err(EnvelopeError::Metadata { index: 0, .. })
-    ));
+    assert!(matches!(Envelope::parse(b.build_into(&mut fbb), &limits), Err(EnvelopeError::Metadata { index: 0, .. })));
     let long = "v".repeat(MAX_METADATA_VALUE_LEN + 1);
     let b = alice_to_bob().metadata("k", &long);
-    assert!(matches!(
-        Envelope::parse(b.build_into(&mut fbb), &limits),
-        Err(EnvelopeError::Metadata { index: 0, .. })
-    ));
+    assert!(matches!(Envelope::parse(b.build_into(&mut fbb), &limits), Err(EnvelopeError::Metadata { index: 0, .. })));
 }
 
 #[test]
@@ -185,21 +146,13 @@ fn rejects_invalid_names_written_by_a_foreign_encoder() {
         let header = fb::RoutingHeader::new(&id().0, 1, 0, 0, 128, fb::DestinationKind(kind));
         let root = fb::SecureEnvelope::create(
             &mut fbb,
-            &fb::SecureEnvelopeArgs {
-                header: Some(&header),
-                sender_user,
-                destination,
-                ..Default::default()
-            },
+            &fb::SecureEnvelopeArgs { header: Some(&header), sender_user, destination, ..Default::default() },
         );
         fb::finish_secure_envelope_buffer(&mut fbb, root);
         fbb.finished_data().to_vec()
     };
     assert!(Envelope::parse(&build("alice", 1, "lobby"), &limits).is_ok());
-    assert!(matches!(
-        Envelope::parse(&build("al/ice", 0, "bob"), &limits),
-        Err(EnvelopeError::Sender(_))
-    ));
+    assert!(matches!(Envelope::parse(&build("al/ice", 0, "bob"), &limits), Err(EnvelopeError::Sender(_))));
     let err = Envelope::parse(&build("alice", 0, "bo b"), &limits).unwrap_err();
     assert!(matches!(err, EnvelopeError::Destination(_)));
     assert_eq!(err.code(), ErrorCode::InvalidDestination);
@@ -222,10 +175,7 @@ fn rejects_a_misaligned_routing_header() {
     shifted.extend_from_slice(&[0; 4]);
     shifted.extend_from_slice(&good[8..]);
     let err = Envelope::parse(&shifted, &Limits::default());
-    assert!(
-        matches!(err, Err(EnvelopeError::MisalignedHeader | EnvelopeError::Invalid(_))),
-        "{err:?}"
-    );
+    assert!(matches!(err, Err(EnvelopeError::MisalignedHeader | EnvelopeError::Invalid(_))), "{err:?}");
 }
 
 #[test]

@@ -2,17 +2,13 @@ use proptest::prelude::*;
 
 use super::*;
 
-const ID: EnvelopeId = EnvelopeId([
-    0x01, 0x93, 0x5f, 0x6a, 0x1b, 0x2c, 0x70, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a,
-]);
+const ID: EnvelopeId =
+    EnvelopeId([0x01, 0x93, 0x5f, 0x6a, 0x1b, 0x2c, 0x70, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a]);
 const ID_BYTES: &str = "01935f6a1b2c700080000000 0000002a";
 
 fn hex(s: &str) -> Vec<u8> {
     let s: String = s.split_whitespace().collect();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 /// Checks that `frame` encodes to exactly `bytes` and decodes back.
@@ -26,20 +22,8 @@ fn check(frame: Frame<'_>, bytes: &str) {
 #[test]
 fn send_and_deliver() {
     check(Frame::Send { envelope: b"\xaa\xbb" }, "01 01 00 00 aabb");
-    check(
-        Frame::Deliver {
-            redelivery: false,
-            envelope: b"\xaa\xbb",
-        },
-        "01 03 00 00 aabb",
-    );
-    check(
-        Frame::Deliver {
-            redelivery: true,
-            envelope: b"\xaa",
-        },
-        "01 03 01 00 aa",
-    );
+    check(Frame::Deliver { redelivery: false, envelope: b"\xaa\xbb" }, "01 03 00 00 aabb");
+    check(Frame::Deliver { redelivery: true, envelope: b"\xaa" }, "01 03 01 00 aa");
     assert_eq!(deliver_header(false), [1, 3, 0, 0]);
     assert_eq!(deliver_header(true), [1, 3, 1, 0]);
     assert_eq!(SEND_HEADER, [1, 1, 0, 0]);
@@ -48,35 +32,19 @@ fn send_and_deliver() {
 #[test]
 fn accepted() {
     check(
-        Frame::Accepted {
-            id: ID,
-            outcome: Outcome::Delivered,
-            recipients: 3,
-        },
+        Frame::Accepted { id: ID, outcome: Outcome::Delivered, recipients: 3 },
         &format!("01 02 00 00 {ID_BYTES} 00 000000 03000000"),
     );
     check(
-        Frame::Accepted {
-            id: ID,
-            outcome: Outcome::RecipientOffline,
-            recipients: 0,
-        },
+        Frame::Accepted { id: ID, outcome: Outcome::RecipientOffline, recipients: 0 },
         &format!("01 02 00 00 {ID_BYTES} 01 000000 00000000"),
     );
     check(
-        Frame::Accepted {
-            id: ID,
-            outcome: Outcome::Stored,
-            recipients: 0,
-        },
+        Frame::Accepted { id: ID, outcome: Outcome::Stored, recipients: 0 },
         &format!("01 02 00 00 {ID_BYTES} 02 000000 00000000"),
     );
     check(
-        Frame::Accepted {
-            id: ID,
-            outcome: Outcome::Duplicate,
-            recipients: 0,
-        },
+        Frame::Accepted { id: ID, outcome: Outcome::Duplicate, recipients: 0 },
         &format!("01 02 00 00 {ID_BYTES} 03 000000 00000000"),
     );
 }
@@ -120,16 +88,9 @@ fn error() {
 #[test]
 fn long_error_reasons_are_cut_at_a_char_boundary() {
     let reason = "é".repeat(200); // 400 bytes
-    let f = Frame::Error(ErrorFrame {
-        code: 500,
-        envelope_id: None,
-        request_id: None,
-        reason: &reason,
-    });
+    let f = Frame::Error(ErrorFrame { code: 500, envelope_id: None, request_id: None, reason: &reason });
     let bytes = f.to_vec();
-    let Ok(Frame::Error(e)) = Frame::decode(&bytes, &Limits::default()) else {
-        panic!()
-    };
+    let Ok(Frame::Error(e)) = Frame::decode(&bytes, &Limits::default()) else { panic!() };
     assert_eq!(e.reason.len(), 256);
     assert_eq!(e.reason, &reason[..256]);
 }
@@ -137,42 +98,13 @@ fn long_error_reasons_are_cut_at_a_char_boundary() {
 #[test]
 fn rooms_done_presence_ping() {
     let room = RoomName::parse("lobby").unwrap();
-    check(
-        Frame::JoinRoom { request_id: 1, room },
-        "01 06 00 00 01000000 6c6f626279",
-    );
-    check(
-        Frame::LeaveRoom { request_id: 2, room },
-        "01 07 00 00 02000000 6c6f626279",
-    );
-    check(
-        Frame::Done {
-            request_id: 0x0102_0304,
-        },
-        "01 08 00 00 04030201",
-    );
+    check(Frame::JoinRoom { request_id: 1, room }, "01 06 00 00 01000000 6c6f626279");
+    check(Frame::LeaveRoom { request_id: 2, room }, "01 07 00 00 02000000 6c6f626279");
+    check(Frame::Done { request_id: 0x0102_0304 }, "01 08 00 00 04030201");
     let bob = UserId::parse("bob").unwrap();
-    check(
-        Frame::PresenceQuery {
-            request_id: 9,
-            user: bob,
-        },
-        "01 09 00 00 09000000 626f62",
-    );
-    check(
-        Frame::PresenceResult {
-            request_id: 9,
-            user: bob,
-            connections: 2,
-        },
-        "01 0a 00 00 09000000 02000000 626f62",
-    );
-    check(
-        Frame::Ping {
-            nonce: 0x1122_3344_5566_7788,
-        },
-        "01 0b 00 00 8877665544332211",
-    );
+    check(Frame::PresenceQuery { request_id: 9, user: bob }, "01 09 00 00 09000000 626f62");
+    check(Frame::PresenceResult { request_id: 9, user: bob, connections: 2 }, "01 0a 00 00 09000000 02000000 626f62");
+    check(Frame::Ping { nonce: 0x1122_3344_5566_7788 }, "01 0b 00 00 8877665544332211");
     check(Frame::Pong { nonce: 1 }, "01 0c 00 00 0100000000000000");
 }
 
@@ -191,23 +123,14 @@ fn rejects_malformed_frames() {
     assert_eq!(d("01 03 02 00 aa"), Err(FrameError::Reserved(FrameType::Deliver)));
     assert_eq!(d("01 01 00 00"), Err(FrameError::EmptyEnvelope(FrameType::Send)));
     assert_eq!(d("01 04 00 00 00"), Err(FrameError::Truncated { len: 5, need: 20 }));
-    assert_eq!(
-        d(&format!("01 04 00 00 {ID_BYTES} 00")),
-        Err(FrameError::TrailingBytes(FrameType::DeliveryAck))
-    );
-    assert_eq!(
-        d(&format!("01 02 00 00 {ID_BYTES} 09 000000 00000000")),
-        Err(FrameError::UnknownOutcome(9))
-    );
+    assert_eq!(d(&format!("01 04 00 00 {ID_BYTES} 00")), Err(FrameError::TrailingBytes(FrameType::DeliveryAck)));
+    assert_eq!(d(&format!("01 02 00 00 {ID_BYTES} 09 000000 00000000")), Err(FrameError::UnknownOutcome(9)));
     assert_eq!(
         d(&format!("01 02 00 00 {ID_BYTES} 00 000100 00000000")),
         Err(FrameError::Reserved(FrameType::Accepted))
     );
     assert_eq!(d("01 0b 00 00 01"), Err(FrameError::Truncated { len: 5, need: 12 }));
-    assert!(matches!(
-        d("01 06 00 00 01000000"),
-        Err(FrameError::Name(IdError::Empty { .. }))
-    ));
+    assert!(matches!(d("01 06 00 00 01000000"), Err(FrameError::Name(IdError::Empty { .. }))));
     assert!(matches!(d("01 06 00 00 01000000 2f"), Err(FrameError::Name(_))));
     assert!(matches!(d("01 09 00 00 01000000 ff"), Err(FrameError::Name(_))));
     // Error frame: id present without its flag, bad UTF-8 reason.
@@ -219,18 +142,9 @@ fn rejects_malformed_frames() {
         d("01 05 00 00 2c01 0000 05000000 00000000000000000000000000000000"),
         Err(FrameError::Reserved(FrameType::Error))
     );
-    assert_eq!(
-        d("01 05 00 00 2c01 0000 00000000 00000000000000000000000000000000 ff"),
-        Err(FrameError::BadReason)
-    );
+    assert_eq!(d("01 05 00 00 2c01 0000 00000000 00000000000000000000000000000000 ff"), Err(FrameError::BadReason));
     let big = vec![0u8; l.max_frame_len() + 1];
-    assert_eq!(
-        Frame::decode(&big, &l),
-        Err(FrameError::TooLarge {
-            len: big.len(),
-            max: l.max_frame_len()
-        })
-    );
+    assert_eq!(Frame::decode(&big, &l), Err(FrameError::TooLarge { len: big.len(), max: l.max_frame_len() }));
     assert_eq!(FrameError::UnknownType(0).code(), ErrorCode::UnknownFrameType);
     assert_eq!(FrameError::TooLarge { len: 0, max: 0 }.code(), ErrorCode::FrameTooLarge);
 }
