@@ -20,6 +20,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 use switchboard_protocol::envelope::EnvelopeFlags;
 use switchboard_protocol::{Destination, Envelope, ErrorCode, Frame, Limits};
+use tracing::Instrument;
 
 use super::write::{Out, WriteBatch};
 use super::{ConnId, ConnPermit, Member, Msg, Protocol, Reply, Shard, WriterPoll};
@@ -314,21 +315,33 @@ pub(crate) fn adopt(shard: &Shard, h: Handoff) {
 async fn run_websocket(
     shard: Rc<Shard>,
     io: Io,
-    mut buf: BytesMut,
+    buf: BytesMut,
     identity: Arc<Identity>,
     peer: SocketAddr,
     _permit: ConnPermit,
 ) {
     let id = shard.register(identity.clone(), Protocol::WebSocket, peer);
-    let me = Member { shard: shard.id, conn: id };
     let span = tracing::debug_span!("conn", shard = shard.id.0, conn = id.slot, user = %identity.user());
-    let _enter = span.enter();
+    drive_websocket(shard, id, io, buf, identity, peer).instrument(span).await;
+}
+
+/// The reader side of a registered WebSocket connection (it spawns the
+/// writer), until the connection ends.
+async fn drive_websocket(
+    shard: Rc<Shard>,
+    id: ConnId,
+    io: Io,
+    mut buf: BytesMut,
+    identity: Arc<Identity>,
+    peer: SocketAddr,
+) {
+    let me = Member { shard: shard.id, conn: id };
     tracing::debug!(%peer, "connected");
     let Io { stream, tls, mut raw } = io;
     let fd = stream.as_raw_fd();
     let tls = tls.map(|t| Rc::new(RefCell::new(*t)));
     let (mut rd, wr) = stream.into_split();
-    monoio::spawn(write_loop(shard.clone(), id, wr, fd, tls.clone()));
+    monoio::spawn(write_loop(shard.clone(), id, wr, fd, tls.clone()).instrument(tracing::Span::current()));
 
     let limits = Limits::default().with_max_envelope_len(shard.shared.config.limits.max_envelope_bytes);
     let mut decoder = WsDecoder::new(limits.max_frame_len());
@@ -358,8 +371,7 @@ async fn run_websocket(
             }
         }
         if shard.with_conn(id, |c| c.closing.is_some()).unwrap_or(true) {
-            // Closing: keep reading only to let the writer flush; stop
-            // interpreting frames.
+            // Closing: stop reading; the writer flushes the close frame.
             break;
         }
         let Some(tls) = &tls else {
