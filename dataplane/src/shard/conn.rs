@@ -29,8 +29,46 @@ use crate::frontend::http::{self, RequestHead};
 use crate::frontend::ws::{self, WsDecoder, WsEvent};
 use crate::tls::TlsSession;
 
-/// Bytes read per `read` call at least.
+/// Bytes read per `read` call during the handshake and on TLS sockets.
 const READ_CHUNK: usize = 4096;
+
+/// Sizes the read buffer of a WebSocket connection: small while the
+/// connection is idle (an idle connection should cost little memory),
+/// doubling while reads fill it, shrinking back when traffic stops.
+#[derive(Debug)]
+struct ReadSizer {
+    chunk: usize,
+}
+
+impl ReadSizer {
+    const MIN: usize = 512;
+    const MAX: usize = 64 * 1024;
+
+    fn new() -> Self {
+        Self { chunk: Self::MIN }
+    }
+
+    /// Makes room for the next read; an empty, oversized buffer is
+    /// replaced by a small one (the old allocation lives on only while
+    /// queued deliveries still point into it).
+    fn prepare(&mut self, buf: &mut BytesMut) {
+        if buf.is_empty() && buf.capacity() > 2 * self.chunk {
+            *buf = BytesMut::with_capacity(self.chunk);
+        }
+        if buf.capacity() - buf.len() < self.chunk / 2 {
+            buf.reserve(self.chunk);
+        }
+    }
+
+    /// Adapts to how much the last read brought (`spare` bytes were free).
+    fn record(&mut self, n: usize, spare: usize) {
+        if n == spare {
+            self.chunk = (self.chunk * 2).min(Self::MAX);
+        } else if n < self.chunk / 4 {
+            self.chunk = (self.chunk / 2).max(Self::MIN);
+        }
+    }
+}
 
 /// A connection that authenticated on one shard, moving to its owner.
 pub(crate) struct Handoff {
@@ -345,6 +383,7 @@ async fn drive_websocket(
 
     let limits = Limits::default().with_max_envelope_len(shard.shared.config.limits.max_envelope_bytes);
     let mut decoder = WsDecoder::new(limits.max_frame_len());
+    let mut sizer = ReadSizer::new();
     let reader = Reader { shard: &shard, id, me, identity: &identity, limits };
     'conn: loop {
         let now = Instant::now();
@@ -375,14 +414,16 @@ async fn drive_websocket(
             break;
         }
         let Some(tls) = &tls else {
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
-            }
+            sizer.prepare(&mut buf);
+            let spare = buf.capacity() - buf.len();
             let (res, b) = rd.read(buf).await;
             buf = b;
             match res {
                 Ok(0) | Err(_) => break,
-                Ok(_) => shard.seen(id, Instant::now()),
+                Ok(n) => {
+                    sizer.record(n, spare);
+                    shard.seen(id, Instant::now());
+                }
             }
             continue;
         };
@@ -410,6 +451,32 @@ async fn drive_websocket(
     let _ = monoio::time::timeout(Duration::from_secs(2), flushed).await;
     shard.unregister(id);
     tracing::debug!("disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffer_grows_under_load_and_shrinks_when_idle() {
+        let mut sizer = ReadSizer::new();
+        let mut buf = BytesMut::new();
+        sizer.prepare(&mut buf);
+        assert!(buf.capacity() >= ReadSizer::MIN && buf.capacity() < 2 * ReadSizer::MIN);
+        for _ in 0..10 {
+            let spare = buf.capacity() - buf.len();
+            sizer.record(spare, spare);
+        }
+        assert_eq!(sizer.chunk, ReadSizer::MAX);
+        buf.reserve(ReadSizer::MAX);
+        for _ in 0..10 {
+            sizer.record(10, 1000);
+        }
+        assert_eq!(sizer.chunk, ReadSizer::MIN);
+        buf.clear();
+        sizer.prepare(&mut buf);
+        assert!(buf.capacity() < 2 * ReadSizer::MIN, "idle buffer shrinks back");
+    }
 }
 
 /// Interprets frames for one connection.
