@@ -19,8 +19,14 @@ scripts/check-generated.sh
 step "building binaries"
 cargo build --workspace --bins --locked
 
-step "unit, property and end-to-end tests"
-cargo test --workspace --locked
+# The end-to-end tests start `switchboard serve` with the I/O driver named
+# by SWITCHBOARD_TEST_IO_DRIVER: everything once on io_uring, then the
+# end-to-end crate again on the epoll fallback (same debug build).
+step "unit, property and end-to-end tests (io_uring)"
+SWITCHBOARD_TEST_IO_DRIVER=uring cargo test --workspace --locked
+
+step "end-to-end tests again on the epoll driver"
+SWITCHBOARD_TEST_IO_DRIVER=epoll cargo test -p switchboard-e2e --locked
 
 fuzz_seconds=${FUZZ_SECONDS:-20}
 if [ "$fuzz_seconds" != 0 ]; then

@@ -24,12 +24,7 @@ fn verify(token: &str, secret: &[u8]) -> serde_json::Value {
 #[test]
 fn token_is_signed_with_the_generated_data_dir_secret() {
     let sb = Switchboard::new();
-    let out = sb.run(
-        &[
-            "token", "--user", "alice", "--device", "d1", "--ttl", "2h", "--role", "admin",
-        ],
-        b"",
-    );
+    let out = sb.run(&["token", "--user", "alice", "--device", "d1", "--ttl", "2h", "--role", "admin"], b"");
     let token = stdout(&out);
     let token = token.trim_end();
     let secret = std::fs::read(sb.data_dir().join("jwt-secret")).expect("secret generated into the data dir");
@@ -48,37 +43,22 @@ fn token_is_signed_with_the_generated_data_dir_secret() {
 fn token_secret_from_environment_and_config() {
     let sb = Switchboard::new();
     let secret = "an-environment-secret-of-32-bytes-or-more";
-    let out = sb
-        .command(&["token", "--user", "carol"])
-        .env("SWITCHBOARD_JWT_SECRET", secret)
-        .output()
-        .unwrap();
+    let out = sb.command(&["token", "--user", "carol"]).env("SWITCHBOARD_JWT_SECRET", secret).output().unwrap();
     verify(stdout(&out).trim_end(), secret.as_bytes());
 
     let cfg = sb.data_dir().join("switchboard.toml");
-    std::fs::write(
-        &cfg,
-        "[auth]\njwt_secret = \"a-config-file-secret-that-is-long-enough\"\n",
-    )
-    .unwrap();
+    std::fs::write(&cfg, "[auth]\njwt_secret = \"a-config-file-secret-that-is-long-enough\"\n").unwrap();
     let out = sb.run(&["--config", cfg.to_str().unwrap(), "token", "--user", "dave"], b"");
     verify(stdout(&out).trim_end(), b"a-config-file-secret-that-is-long-enough");
 
-    let out = sb
-        .command(&["token", "--user", "carol"])
-        .env("SWITCHBOARD_JWT_SECRET", "short")
-        .output()
-        .unwrap();
+    let out = sb.command(&["token", "--user", "carol"]).env("SWITCHBOARD_JWT_SECRET", "short").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"));
 
     std::fs::write(&cfg, "[auth]\njwt_secrett = \"typo\"\n").unwrap();
     let out = sb.run(&["--config", cfg.to_str().unwrap(), "token", "--user", "dave"], b"");
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unknown field"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"), "{out:?}");
 }
 
 #[test]
@@ -138,29 +118,14 @@ fn envelope_encode_decode_round_trip() {
     assert_eq!(json["destination"], "room:lobby");
     assert_eq!(json["ttl_ms"], 30_000);
     assert_eq!(json["priority"], 200);
-    assert_eq!(
-        json["flags"],
-        serde_json::json!(["persist-if-offline", "ack-requested"])
-    );
+    assert_eq!(json["flags"], serde_json::json!(["persist-if-offline", "ack-requested"]));
     assert_eq!(json["metadata"], serde_json::json!({"schema": "chat.v1"}));
     assert_eq!(json["content_type"], "application/octet-stream");
     assert_eq!(BASE64.decode(json["payload"].as_str().unwrap()).unwrap(), payload);
 
     // Payload from stdin, written as a send frame.
-    let framed = sb.run(
-        &[
-            "envelope",
-            "encode",
-            "--from",
-            "a",
-            "--to",
-            "user:b",
-            "--payload-file",
-            "-",
-            "--frame",
-        ],
-        b"xyz",
-    );
+    let framed =
+        sb.run(&["envelope", "encode", "--from", "a", "--to", "user:b", "--payload-file", "-", "--frame"], b"xyz");
     let framed = framed.stdout;
     assert_eq!(&framed[..4], &[1, 1, 0, 0]);
     let json: serde_json::Value =

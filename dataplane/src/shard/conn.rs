@@ -16,6 +16,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 use switchboard_protocol::envelope::EnvelopeFlags;
@@ -68,6 +69,20 @@ impl ReadSizer {
             self.chunk = (self.chunk / 2).max(Self::MIN);
         }
     }
+}
+
+/// Reads into the spare capacity of `buf`, after the bytes it holds.
+///
+/// monoio's `read` fills a buffer from its start (`write_ptr` is the first
+/// byte, `bytes_total` the capacity), so reading straight into a `BytesMut`
+/// that still holds an incomplete frame or request head would overwrite it;
+/// reading into the slice past `len` appends. `buf` must have spare
+/// capacity (a zero-length read would look like end of stream).
+async fn read_append<R: AsyncReadRent>(stream: &mut R, buf: BytesMut) -> (std::io::Result<usize>, BytesMut) {
+    let (len, cap) = (buf.len(), buf.capacity());
+    debug_assert!(cap > len, "read_append needs spare capacity");
+    let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
+    (res, slice.into_inner())
 }
 
 /// A connection that authenticated on one shard, moving to its owner.
@@ -147,7 +162,7 @@ impl Io {
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(READ_CHUNK);
             }
-            return self.stream.read(buf).await;
+            return read_append(&mut self.stream, buf).await;
         };
         loop {
             let before = buf.len();
@@ -416,7 +431,7 @@ async fn drive_websocket(
         let Some(tls) = &tls else {
             sizer.prepare(&mut buf);
             let spare = buf.capacity() - buf.len();
-            let (res, b) = rd.read(buf).await;
+            let (res, b) = read_append(&mut rd, buf).await;
             buf = b;
             match res {
                 Ok(0) | Err(_) => break,
@@ -453,32 +468,6 @@ async fn drive_websocket(
     tracing::debug!("disconnected");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn read_buffer_grows_under_load_and_shrinks_when_idle() {
-        let mut sizer = ReadSizer::new();
-        let mut buf = BytesMut::new();
-        sizer.prepare(&mut buf);
-        assert!(buf.capacity() >= ReadSizer::MIN && buf.capacity() < 2 * ReadSizer::MIN);
-        for _ in 0..10 {
-            let spare = buf.capacity() - buf.len();
-            sizer.record(spare, spare);
-        }
-        assert_eq!(sizer.chunk, ReadSizer::MAX);
-        buf.reserve(ReadSizer::MAX);
-        for _ in 0..10 {
-            sizer.record(10, 1000);
-        }
-        assert_eq!(sizer.chunk, ReadSizer::MIN);
-        buf.clear();
-        sizer.prepare(&mut buf);
-        assert!(buf.capacity() < 2 * ReadSizer::MIN, "idle buffer shrinks back");
-    }
-}
-
 /// Interprets frames for one connection.
 struct Reader<'a> {
     shard: &'a Rc<Shard>,
@@ -492,13 +481,15 @@ impl Reader<'_> {
     /// Handles one WebSocket event; false ends the connection.
     fn on_event(&self, event: WsEvent, frame: Bytes, now: Instant, now_ms: u64) -> bool {
         match event {
+            // A frame may close the connection (a fatal error): then the
+            // frames after it in the buffer must not be interpreted.
             WsEvent::Binary(range) => {
                 self.on_frame(frame.slice(range), now, now_ms);
-                true
+                !self.closing()
             }
             WsEvent::BinaryAssembled(message) => {
                 self.on_frame(Bytes::from(message), now, now_ms);
-                true
+                !self.closing()
             }
             WsEvent::Text => {
                 self.shard.close(self.id, ErrorCode::UnsupportedData, "text frames are not supported");
@@ -540,6 +531,11 @@ impl Reader<'_> {
     ) {
         self.shard.metrics.rejected.inc(code);
         self.shard.reply(self.id, Reply::Error { code, id, request_id, reason });
+    }
+
+    /// True once the connection is closing (or gone).
+    fn closing(&self) -> bool {
+        self.shard.with_conn(self.id, |c| c.closing.is_some()).unwrap_or(true)
     }
 
     fn on_frame(&self, payload: Bytes, now: Instant, now_ms: u64) {
@@ -635,7 +631,14 @@ impl Reader<'_> {
             Ok(e) => e,
             Err(e) => {
                 tracing::debug!(error = %e, "invalid envelope");
-                self.error(e.code(), None, None, "envelope failed verification");
+                let code = e.code();
+                self.error(code, None, None, "envelope failed verification");
+                if code.is_fatal() {
+                    // An envelope of another protocol version: like a frame
+                    // of another version, the error closes the connection
+                    // (docs/protocol.md, error table: 101 closes, 4101).
+                    self.shard.close(self.id, code, "unsupported envelope version");
+                }
                 return;
             }
         };
@@ -816,4 +819,30 @@ async fn http_send(
         _ => http::error_response(ErrorCode::Internal, "no answer", false),
     };
     let _ = io.write_all(response).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffer_grows_under_load_and_shrinks_when_idle() {
+        let mut sizer = ReadSizer::new();
+        let mut buf = BytesMut::new();
+        sizer.prepare(&mut buf);
+        assert!(buf.capacity() >= ReadSizer::MIN && buf.capacity() < 2 * ReadSizer::MIN);
+        for _ in 0..10 {
+            let spare = buf.capacity() - buf.len();
+            sizer.record(spare, spare);
+        }
+        assert_eq!(sizer.chunk, ReadSizer::MAX);
+        buf.reserve(ReadSizer::MAX);
+        for _ in 0..10 {
+            sizer.record(10, 1000);
+        }
+        assert_eq!(sizer.chunk, ReadSizer::MIN);
+        buf.clear();
+        sizer.prepare(&mut buf);
+        assert!(buf.capacity() < 2 * ReadSizer::MIN, "idle buffer shrinks back");
+    }
 }

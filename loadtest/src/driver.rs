@@ -1,0 +1,429 @@
+//! The generator's event loop. Each thread owns a contiguous share of the
+//! pairs, both ends of each, with non-blocking sockets on its own `mio`
+//! poll (epoll): it connects them, meets the other threads at a barrier,
+//! then sends, reads and accounts until the drain ends.
+//!
+//! Hot path: messages are stamped in each sender's [`Template`] and encoded
+//! into the connection's write buffer, up to the in-flight window or
+//! everything that is due, then written with one `write`; reads fill a
+//! fixed buffer and are decoded in place. Nothing is allocated per message
+//! (the receive bit set and the histogram grow geometrically).
+
+use std::io::{self, Read, Write};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::accounting::{Arrival, PairCounts, PairLedger, Window};
+use crate::message::{Layout, Template};
+use crate::target::{Inbound, Protocol, Role};
+
+/// How senders pace themselves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Closed loop: at most this many messages in flight per sender.
+    Max {
+        /// The in-flight window `W`.
+        in_flight: u64,
+    },
+    /// Open loop: one message per pair every `interval_ns`, stamped with its
+    /// intended send time.
+    Rate {
+        /// Interval between two messages of one pair.
+        interval_ns: u64,
+        /// All pairs of the run (their phases are spread over the interval).
+        total_pairs: usize,
+    },
+}
+
+/// The run's schedule, in nanoseconds since the shared epoch; fixed once
+/// every thread has connected.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// How senders pace themselves.
+    pub mode: Mode,
+    /// When sending (the warm-up) starts.
+    pub send_start_ns: u64,
+    /// The measured window; sending stops at its end.
+    pub window: Window,
+    /// When the drain gives up waiting for messages still in flight.
+    pub drain_end_ns: u64,
+}
+
+/// What the threads share: the epoch, the start barrier and the plan.
+#[derive(Debug)]
+pub struct Shared {
+    /// Time zero of every stamp.
+    pub epoch: Instant,
+    /// Met twice by every thread and the coordinator: after connecting, and
+    /// after the plan is set.
+    pub barrier: Barrier,
+    /// Set when a thread failed to connect: everyone stops.
+    pub abort: AtomicBool,
+    /// The schedule, set by the coordinator between the two barriers.
+    pub plan: OnceLock<Plan>,
+    /// Bound of each connection's handshake.
+    pub connect_timeout: Duration,
+    /// Requested envelope size.
+    pub size: usize,
+    /// Distinguishes this run's envelope ids.
+    pub nonce: u32,
+    /// Envelopes' `created_at_ms`.
+    pub created_at_ms: u64,
+}
+
+impl Shared {
+    /// Nanoseconds since the epoch.
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// What one thread measured.
+#[derive(Debug)]
+pub struct ThreadReport {
+    /// Counts summed over the thread's pairs.
+    pub counts: PairCounts,
+    /// Latencies of measured first arrivals, nanoseconds.
+    pub latency: Histogram<u64>,
+    /// Connections that closed or failed during the run.
+    pub disconnects: u64,
+    /// Closed-loop pairs that stalled (no receipt for a while at the limit)
+    /// and were granted a fresh window.
+    pub stalls: u64,
+    /// The first connection failure, if any.
+    pub first_error: Option<String>,
+    /// Refusals by protocol error code.
+    pub error_codes: Vec<(u16, u64)>,
+    /// When every pair had received all its measured messages (or the
+    /// drain ended), nanoseconds since the epoch.
+    pub finished_ns: u64,
+    /// True if every measured message arrived before the drain ended.
+    pub complete: bool,
+}
+
+/// Largest write backlog per connection before senders wait.
+const WRITE_BACKLOG: usize = 1 << 20;
+/// Read buffer per connection (grows for a larger unit).
+const READ_BUF: usize = 64 * 1024;
+/// A rate-mode thread spins instead of sleeping when the next send is due
+/// sooner than this (epoll sleeps in whole milliseconds).
+const SPIN_NS: u64 = 2_000_000;
+/// A closed-loop pair at its limit with no receipt for this long has lost
+/// messages (QoS 0 / core NATS drop); it gets a fresh window.
+const STALL_NS: u64 = 500_000_000;
+/// Longest single poll sleep.
+const MAX_SLEEP: Duration = Duration::from_millis(10);
+
+struct Conn<C> {
+    stream: TcpStream,
+    proto: C,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    alive: bool,
+}
+
+struct Slot<C> {
+    ledger: PairLedger,
+    template: Template,
+    next_due_ns: u64,
+    credit: u64,
+    last_progress_ns: u64,
+    sender: Conn<C>,
+    receiver: Conn<C>,
+}
+
+struct Stats {
+    latency: Histogram<u64>,
+    disconnects: u64,
+    stalls: u64,
+    first_error: Option<String>,
+    error_codes: Vec<(u16, u64)>,
+}
+
+impl Stats {
+    fn failed(&mut self, what: impl FnOnce() -> String) {
+        self.disconnects += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(what());
+        }
+    }
+}
+
+/// Runs one thread's share `pairs` of the run against `proto`.
+pub fn drive<P: Protocol>(proto: &P, pairs: Range<usize>, shared: &Shared) -> anyhow::Result<ThreadReport> {
+    let setup = connect_all(proto, pairs.clone(), shared);
+    if setup.is_err() {
+        shared.abort.store(true, Ordering::SeqCst);
+    }
+    shared.barrier.wait();
+    shared.barrier.wait();
+    let (mut slots, layout) = setup?;
+    if shared.abort.load(Ordering::SeqCst) {
+        return Err(anyhow!("another thread failed to connect"));
+    }
+    let plan = *shared.plan.get().context("the coordinator set no plan")?;
+    let mut poll = Poll::new().context("creating the poll")?;
+    for (k, slot) in slots.iter_mut().enumerate() {
+        let rw = Interest::READABLE | Interest::WRITABLE;
+        poll.registry().register(&mut slot.sender.stream, Token(2 * k), rw)?;
+        poll.registry().register(&mut slot.receiver.stream, Token(2 * k + 1), rw)?;
+        slot.next_due_ns = match plan.mode {
+            Mode::Rate { interval_ns, total_pairs } => {
+                plan.send_start_ns + interval_ns * (pairs.start + k) as u64 / total_pairs.max(1) as u64
+            }
+            Mode::Max { .. } => plan.send_start_ns,
+        };
+        slot.last_progress_ns = plan.send_start_ns;
+    }
+    let mut stats = Stats {
+        latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram bounds")?,
+        disconnects: 0,
+        stalls: 0,
+        first_error: None,
+        error_codes: Vec::new(),
+    };
+    let mut events = Events::with_capacity(1024);
+    // Wait for the start of sending.
+    while shared.now_ns() < plan.send_start_ns {
+        std::thread::sleep(Duration::from_nanos(plan.send_start_ns - shared.now_ns()).min(MAX_SLEEP));
+    }
+    let mut complete = false;
+    loop {
+        let now = shared.now_ns();
+        if now >= plan.drain_end_ns {
+            break;
+        }
+        let sending = now < plan.window.end_ns;
+        let mut next_due = u64::MAX;
+        if sending {
+            for slot in &mut slots {
+                fill::<P>(slot, &plan, now, &mut stats);
+                next_due = next_due.min(slot.next_due_ns);
+            }
+        } else if slots.iter().all(|s| s.ledger.lost() == 0 || !s.receiver.alive) {
+            complete = slots.iter().all(|s| s.ledger.lost() == 0);
+            break;
+        }
+        let wait = if sending {
+            match plan.mode {
+                Mode::Max { .. } => Duration::from_nanos(plan.window.end_ns - now).min(MAX_SLEEP),
+                Mode::Rate { .. } => {
+                    let until = next_due.min(plan.window.end_ns).saturating_sub(now);
+                    Duration::from_nanos(until.saturating_sub(SPIN_NS)).min(MAX_SLEEP)
+                }
+            }
+        } else {
+            Duration::from_nanos(plan.drain_end_ns - now).min(MAX_SLEEP)
+        };
+        match poll.poll(&mut events, Some(wait)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("polling"),
+        }
+        for ev in events.iter() {
+            let Token(t) = ev.token();
+            let slot = &mut slots[t / 2];
+            let role = if t % 2 == 0 { Role::Sender } else { Role::Receiver };
+            let pair = (pairs.start + t / 2) as u32;
+            let Slot { ledger, sender, receiver, last_progress_ns, .. } = slot;
+            let conn = if role == Role::Sender { sender } else { receiver };
+            if !conn.alive {
+                continue;
+            }
+            let result = if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                on_readable::<P>(conn, role, pair, &layout, ledger, shared, &mut stats, last_progress_ns)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| flush(conn).map_err(|e| format!("write: {e}")));
+            if let Err(e) = result {
+                conn.alive = false;
+                let _ = poll.registry().deregister(&mut conn.stream);
+                stats.failed(|| format!("pair {pair} {role:?}: {e}"));
+            }
+        }
+    }
+    let mut counts = PairCounts::default();
+    for slot in &slots {
+        counts.add(&slot.ledger.counts());
+    }
+    Ok(ThreadReport {
+        counts,
+        latency: stats.latency,
+        disconnects: stats.disconnects,
+        stalls: stats.stalls,
+        first_error: stats.first_error,
+        error_codes: stats.error_codes,
+        finished_ns: shared.now_ns(),
+        complete,
+    })
+}
+
+type Setup<C> = (Vec<Slot<C>>, Layout);
+
+/// Builds the templates and connects both ends of every pair (receivers
+/// first, so they are subscribed before anything is sent).
+fn connect_all<P: Protocol>(proto: &P, pairs: Range<usize>, shared: &Shared) -> anyhow::Result<Setup<P::Conn>> {
+    let mut slots = Vec::with_capacity(pairs.len());
+    let mut layout = None;
+    for pair in pairs {
+        let template = Template::new(pair, shared.size, shared.nonce, shared.created_at_ms)?;
+        layout.get_or_insert(template.layout());
+        let receiver = open(proto, pair, Role::Receiver, shared.connect_timeout)?;
+        let sender = open(proto, pair, Role::Sender, shared.connect_timeout)?;
+        slots.push(Slot {
+            ledger: PairLedger::new(),
+            template,
+            next_due_ns: 0,
+            credit: 0,
+            last_progress_ns: 0,
+            sender,
+            receiver,
+        });
+    }
+    let layout = layout.context("a thread without pairs")?;
+    Ok((slots, layout))
+}
+
+fn open<P: Protocol>(proto: &P, pair: usize, role: Role, timeout: Duration) -> anyhow::Result<Conn<P::Conn>> {
+    let c = proto.connect(pair, role, timeout).with_context(|| format!("pair {pair} {role:?}"))?;
+    c.stream.set_nonblocking(true)?;
+    let mut rbuf = vec![0u8; READ_BUF.max(c.leftover.len() * 2)];
+    rbuf[..c.leftover.len()].copy_from_slice(&c.leftover);
+    Ok(Conn {
+        stream: TcpStream::from_std(c.stream),
+        proto: c.conn,
+        rlen: c.leftover.len(),
+        rbuf,
+        wbuf: Vec::with_capacity(WRITE_BACKLOG + 64 * 1024),
+        wpos: 0,
+        alive: true,
+    })
+}
+
+/// Appends what the sender may send now and writes it.
+fn fill<P: Protocol>(slot: &mut Slot<P::Conn>, plan: &Plan, now: u64, stats: &mut Stats) {
+    let conn = &mut slot.sender;
+    if !conn.alive {
+        return;
+    }
+    if conn.wpos > 0 && conn.wbuf.len() >= WRITE_BACKLOG {
+        // A partial write left a long tail: move it to the front (rare).
+        conn.wbuf.drain(..conn.wpos);
+        conn.wpos = 0;
+    }
+    let before = conn.wbuf.len();
+    match plan.mode {
+        Mode::Max { in_flight } => {
+            let in_flight_now = |l: &PairLedger, credit: u64| {
+                if P::ANSWERS { l.unanswered() } else { l.undelivered().saturating_sub(credit) }
+            };
+            if in_flight_now(&slot.ledger, slot.credit) >= in_flight
+                && now.saturating_sub(slot.last_progress_ns) > STALL_NS
+            {
+                // Answers always come; receipts may not (QoS 0, core NATS).
+                if !P::ANSWERS {
+                    slot.credit = slot.ledger.undelivered();
+                    stats.stalls += 1;
+                }
+                slot.last_progress_ns = now;
+            }
+            while in_flight_now(&slot.ledger, slot.credit) < in_flight && conn.wbuf.len() < WRITE_BACKLOG {
+                let seq = slot.ledger.on_send(now, &plan.window);
+                P::encode_message(&conn.proto, &mut conn.wbuf, slot.template.stamp(seq, now));
+            }
+        }
+        Mode::Rate { interval_ns, .. } => {
+            while slot.next_due_ns <= now && slot.next_due_ns < plan.window.end_ns && conn.wbuf.len() < WRITE_BACKLOG {
+                let due = slot.next_due_ns;
+                let seq = slot.ledger.on_send(due, &plan.window);
+                P::encode_message(&conn.proto, &mut conn.wbuf, slot.template.stamp(seq, due));
+                slot.next_due_ns += interval_ns;
+            }
+        }
+    }
+    if conn.wbuf.len() > before
+        && let Err(e) = flush(conn)
+    {
+        conn.alive = false;
+        stats.failed(|| format!("sender write: {e}"));
+    }
+}
+
+/// Reads until the socket would block, decoding and accounting as it goes.
+#[allow(clippy::too_many_arguments)]
+fn on_readable<P: Protocol>(
+    conn: &mut Conn<P::Conn>,
+    role: Role,
+    pair: u32,
+    layout: &Layout,
+    ledger: &mut PairLedger,
+    shared: &Shared,
+    stats: &mut Stats,
+    last_progress_ns: &mut u64,
+) -> Result<(), String> {
+    loop {
+        if conn.rlen == conn.rbuf.len() {
+            let len = conn.rbuf.len() * 2;
+            conn.rbuf.resize(len, 0);
+        }
+        match conn.stream.read(&mut conn.rbuf[conn.rlen..]) {
+            Ok(0) => return Err("the server closed the connection".into()),
+            Ok(n) => conn.rlen += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        let now = shared.now_ns();
+        let Conn { proto, rbuf, rlen, wbuf, .. } = conn;
+        let mut on = |inbound: Inbound<'_>| match inbound {
+            Inbound::Message(msg) => match layout.read_stamp(msg) {
+                Some(stamp) if role == Role::Receiver && stamp.pair == pair => {
+                    if let Arrival::Measured { latency_ns } = ledger.on_receive(stamp.seq, stamp.sent_ns, now) {
+                        stats.latency.saturating_record(latency_ns.max(1));
+                    }
+                    *last_progress_ns = now;
+                }
+                _ => ledger.on_unknown(),
+            },
+            Inbound::Answer { id, answer, code } => {
+                ledger.on_answer(id.as_ref().map(Layout::seq_of_id), answer);
+                if let Some(code) = code {
+                    match stats.error_codes.iter_mut().find(|(c, _)| *c == code) {
+                        Some((_, n)) => *n += 1,
+                        None => stats.error_codes.push((code, 1)),
+                    }
+                }
+                *last_progress_ns = now;
+            }
+        };
+        let used = P::decode(proto, &rbuf[..*rlen], wbuf, &mut on).map_err(|e| e.to_string())?;
+        rbuf.copy_within(used..*rlen, 0);
+        *rlen -= used;
+    }
+}
+
+/// Writes the backlog until done or the socket would block.
+fn flush<C>(conn: &mut Conn<C>) -> io::Result<()> {
+    while conn.wpos < conn.wbuf.len() {
+        match conn.stream.write(&conn.wbuf[conn.wpos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => conn.wpos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    conn.wbuf.clear();
+    conn.wpos = 0;
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! The message every target carries: a SecureEnvelope of exactly the
+//! requested size whose payload starts with a [`Stamp`] (pair, sequence
+//! number, send time).
+//!
+//! Each sender builds its envelope once ([`Template`]) and patches the id and
+//! the stamp in place for every message, so sending allocates nothing. User
+//! names have a fixed width (`lt-s-000042`), so every pair's envelope has the
+//! same [`Layout`] and a receiver finds the stamp at a fixed offset without
+//! parsing the envelope. Mosquitto and nats-server carry the same bytes as
+//! their message payload, so every target moves the same number of bytes.
+//!
+//! Pure: no clock, no I/O.
+
+use anyhow::{Context, bail, ensure};
+use switchboard_protocol::{Destination, DestinationKind, Envelope, EnvelopeBuilder, EnvelopeId, Limits, UserId};
+
+/// Bytes of the stamp at the start of the payload.
+pub const STAMP_LEN: usize = 24;
+/// First bytes of every stamp.
+const STAMP_MAGIC: [u8; 4] = *b"LTv1";
+/// Largest pair index (user names have six digits).
+pub const MAX_PAIRS: usize = 999_999;
+
+/// The sender's user id for pair `pair`.
+pub fn sender_user(pair: usize) -> String {
+    format!("lt-s-{pair:06}")
+}
+
+/// The receiver's user id for pair `pair`.
+pub fn receiver_user(pair: usize) -> String {
+    format!("lt-r-{pair:06}")
+}
+
+/// Where the patched fields sit in every message of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Length of every message (the envelope), bytes.
+    pub len: usize,
+    /// Offset of the 16-byte envelope id.
+    pub id_off: usize,
+    /// Offset of the [`Stamp`].
+    pub stamp_off: usize,
+}
+
+/// What the payload of every message starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The pair that sent it.
+    pub pair: u32,
+    /// Sequence number within the pair, from 0.
+    pub seq: u64,
+    /// (Intended) send time, nanoseconds since the run's epoch.
+    pub sent_ns: u64,
+}
+
+impl Layout {
+    /// Reads the stamp of a received message; `None` if the message has the
+    /// wrong length or no stamp.
+    pub fn read_stamp(&self, msg: &[u8]) -> Option<Stamp> {
+        if msg.len() != self.len {
+            return None;
+        }
+        let s: &[u8; STAMP_LEN] = msg.get(self.stamp_off..self.stamp_off + STAMP_LEN)?.try_into().ok()?;
+        let (magic, rest) = s.split_first_chunk::<4>()?;
+        if *magic != STAMP_MAGIC {
+            return None;
+        }
+        let (pair, rest) = rest.split_first_chunk::<4>()?;
+        let (seq, rest) = rest.split_first_chunk::<8>()?;
+        let sent_ns = rest.first_chunk::<8>()?;
+        Some(Stamp {
+            pair: u32::from_le_bytes(*pair),
+            seq: u64::from_le_bytes(*seq),
+            sent_ns: u64::from_le_bytes(*sent_ns),
+        })
+    }
+
+    /// The sequence number carried in an envelope id of this run.
+    pub fn seq_of_id(id: &[u8; 16]) -> u64 {
+        let (_, seq) = id.split_last_chunk::<8>().expect("16 > 8");
+        u64::from_be_bytes(*seq)
+    }
+}
+
+/// One sender's envelope, patched in place for every message.
+#[derive(Debug, Clone)]
+pub struct Template {
+    bytes: Vec<u8>,
+    layout: Layout,
+    pair: u32,
+}
+
+impl Template {
+    /// Builds pair `pair`'s envelope of exactly `size` bytes (or the next
+    /// size a FlatBuffer can have). `nonce` (non-zero) makes the ids of this
+    /// run distinct from other runs'; `created_at_ms` is the envelope's
+    /// creation time (ttl 0: the server's maximum).
+    pub fn new(pair: usize, size: usize, nonce: u32, created_at_ms: u64) -> anyhow::Result<Self> {
+        ensure!(pair <= MAX_PAIRS, "at most {} pairs", MAX_PAIRS + 1);
+        ensure!(nonce != 0, "the nonce must not be 0 (ids must not be nil)");
+        let sender = sender_user(pair);
+        let receiver = receiver_user(pair);
+        let pair32 = u32::try_from(pair).context("pair index")?;
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&nonce.to_be_bytes());
+        id[4..8].copy_from_slice(&pair32.to_be_bytes());
+        // A sentinel sequence number, to find the id in the built buffer.
+        id[8..].copy_from_slice(&0x5a5a_5a5a_5a5a_5a5a_u64.to_be_bytes());
+        let build = |payload_len: usize| -> anyhow::Result<Vec<u8>> {
+            let payload = vec![0xa5u8; payload_len];
+            let sender = UserId::parse(&sender).context("sender user id")?;
+            let destination = Destination::new(DestinationKind::User, &receiver).context("receiver user id")?;
+            let bytes = EnvelopeBuilder::new(EnvelopeId(id), sender, destination, created_at_ms)
+                .payload(&payload)
+                .build()
+                .context("building the envelope")?;
+            Ok(bytes)
+        };
+        let overhead = build(STAMP_LEN)?.len() - STAMP_LEN;
+        ensure!(size >= overhead + STAMP_LEN, "--size must be at least {} bytes", overhead + STAMP_LEN);
+        // Padding may make some sizes impossible; take the first length
+        // that is at least `size`.
+        let mut payload_len = size - overhead;
+        let bytes = loop {
+            let bytes = build(payload_len)?;
+            if bytes.len() >= size {
+                break bytes;
+            }
+            payload_len += 1;
+        };
+        let limits = Limits::default();
+        let env = Envelope::parse(&bytes, &limits).context("the built envelope does not verify")?;
+        let stamp_off = (env.payload().as_ptr() as usize) - (bytes.as_ptr() as usize);
+        let Some(id_off) = bytes.windows(16).position(|w| w == id) else {
+            bail!("envelope id not found in the built envelope");
+        };
+        let layout = Layout { len: bytes.len(), id_off, stamp_off };
+        let mut t = Self { bytes, layout, pair: pair32 };
+        t.stamp(0, 0);
+        Ok(t)
+    }
+
+    /// Where the fields are.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Writes sequence number `seq` and send time `sent_ns` into the id and
+    /// the stamp; returns the message.
+    pub fn stamp(&mut self, seq: u64, sent_ns: u64) -> &[u8] {
+        let Layout { id_off, stamp_off, .. } = self.layout;
+        self.bytes[id_off + 8..id_off + 16].copy_from_slice(&seq.to_be_bytes());
+        let s = &mut self.bytes[stamp_off..stamp_off + STAMP_LEN];
+        s[..4].copy_from_slice(&STAMP_MAGIC);
+        s[4..8].copy_from_slice(&self.pair.to_le_bytes());
+        s[8..16].copy_from_slice(&seq.to_le_bytes());
+        s[16..24].copy_from_slice(&sent_ns.to_le_bytes());
+        &self.bytes
+    }
+
+    /// The message as last stamped.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_have_the_requested_size_and_verify_after_stamping() {
+        for size in [256, 257, 300, 1024, 4096] {
+            let mut t = Template::new(7, size, 0xdead_beef, 1_700_000_000_000).unwrap();
+            assert!(t.layout().len >= size && t.layout().len < size + 8, "{size}: {:?}", t.layout());
+            let layout = t.layout();
+            let msg = t.stamp(42, 123_456_789).to_vec();
+            let env = Envelope::parse(&msg, &Limits::default()).unwrap();
+            assert_eq!(env.sender().as_str(), "lt-s-000007");
+            assert_eq!(env.destination().name(), "lt-r-000007");
+            assert_eq!(Layout::seq_of_id(env.id().as_bytes()), 42);
+            assert_eq!(&env.id().as_bytes()[..4], &0xdead_beef_u32.to_be_bytes());
+            assert_eq!(layout.read_stamp(&msg), Some(Stamp { pair: 7, seq: 42, sent_ns: 123_456_789 }));
+        }
+        assert_eq!(Template::new(0, 256, 1, 0).unwrap().layout().len, 256);
+    }
+
+    #[test]
+    fn every_pair_has_the_same_layout() {
+        let a = Template::new(0, 256, 1, 0).unwrap().layout();
+        let b = Template::new(MAX_PAIRS, 256, 1, 0).unwrap().layout();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bad_sizes_and_messages_are_refused() {
+        assert!(Template::new(0, 64, 1, 0).is_err());
+        assert!(Template::new(0, 256, 0, 0).is_err());
+        assert!(Template::new(MAX_PAIRS + 1, 256, 1, 0).is_err());
+        let mut t = Template::new(0, 256, 1, 0).unwrap();
+        let layout = t.layout();
+        let msg = t.stamp(1, 2).to_vec();
+        assert_eq!(layout.read_stamp(&msg[..255]), None);
+        let mut bad = msg.clone();
+        bad[layout.stamp_off] ^= 1;
+        assert_eq!(layout.read_stamp(&bad), None);
+    }
+}

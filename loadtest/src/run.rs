@@ -1,0 +1,675 @@
+//! The command line and one run: validate the flags into a [`RunConfig`],
+//! start the threads, set the schedule once everyone is connected, sample
+//! CPU over the measured window, and merge the threads' results into a
+//! [`Report`] (a human table or one JSON line).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Barrier, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail, ensure};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::accounting::{PairCounts, Window};
+use crate::cpu;
+use crate::driver::{self, Mode, Plan, Shared};
+use crate::message::Template;
+use crate::target::Protocol;
+use crate::target::mqtt::Mqtt;
+use crate::target::nats::Nats;
+use crate::target::switchboard::Switchboard;
+
+/// `loadtest`: drives Switchboard, Mosquitto or nats-server with the same
+/// workload and reports throughput, loss and latency. Loopback targets only.
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The workload.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The workloads.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// P senders to P receivers, 1:1.
+    Pairs(PairsArgs),
+}
+
+/// The server kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    /// Switchboard over WebSocket (`ws://HOST:PORT/connect`).
+    Switchboard,
+    /// Mosquitto (any MQTT 3.1.1 broker) over TCP (`mqtt://HOST:PORT`).
+    Mosquitto,
+    /// nats-server, core protocol over TCP (`nats://HOST:PORT`).
+    Nats,
+}
+
+impl TargetKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Switchboard => "switchboard",
+            Self::Mosquitto => "mosquitto",
+            Self::Nats => "nats",
+        }
+    }
+
+    fn default_url(self) -> &'static str {
+        match self {
+            Self::Switchboard => "ws://127.0.0.1:8080/connect",
+            Self::Mosquitto => "mqtt://127.0.0.1:1883",
+            Self::Nats => "nats://127.0.0.1:4222",
+        }
+    }
+
+    fn schemes(self) -> &'static [&'static str] {
+        match self {
+            Self::Switchboard => &["ws"],
+            Self::Mosquitto => &["mqtt", "tcp"],
+            Self::Nats => &["nats", "tcp"],
+        }
+    }
+}
+
+/// Closed or open loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeKind {
+    /// Closed loop: `--window` messages in flight per sender.
+    Max,
+    /// Open loop at `--rate` messages/s in total; latency from the intended
+    /// send time.
+    Rate,
+}
+
+/// Flags of `loadtest pairs`.
+#[derive(Debug, Clone, Args)]
+pub struct PairsArgs {
+    /// The server kind.
+    #[arg(long, value_enum)]
+    pub target: TargetKind,
+    /// Where it listens (loopback only); default per target:
+    /// ws://127.0.0.1:8080/connect, mqtt://127.0.0.1:1883, nats://127.0.0.1:4222.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Number of sender→receiver pairs (two connections each).
+    #[arg(long, default_value_t = 10)]
+    pub pairs: usize,
+    /// Message size in bytes: the envelope, which is also the MQTT/NATS payload.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Closed loop (`max`) or fixed total rate (`rate`).
+    #[arg(long, value_enum, default_value_t = ModeKind::Max)]
+    pub mode: ModeKind,
+    /// `max` mode: messages in flight per sender (answers for Switchboard,
+    /// receipts for Mosquitto and NATS).
+    #[arg(long, default_value_t = 32)]
+    pub window: u64,
+    /// `rate` mode: total messages per second over all pairs.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Measured window, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Warm-up before the window (sent, not counted), seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Longest wait after the window for messages in flight, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Generator threads; each drives its share of the pairs.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// The server's process id, to report its CPU use.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Print one JSON line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Switchboard: file holding the HS256 secret (default: $SWITCHBOARD_JWT_SECRET,
+    /// else <data dir>/jwt-secret).
+    #[arg(long)]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Switchboard: the server's data directory (for its jwt-secret).
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Switchboard: token issuer.
+    #[arg(long, default_value = "switchboard")]
+    pub issuer: String,
+    /// Switchboard: token audience.
+    #[arg(long, default_value = "switchboard")]
+    pub audience: String,
+    /// Bound of each connection's handshake, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub connect_timeout: f64,
+}
+
+/// Most pairs one run opens (two sockets each).
+pub const MAX_RUN_PAIRS: usize = 100_000;
+
+/// A validated run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The server kind.
+    pub target: TargetKind,
+    /// The URL as given (or the default).
+    pub url: String,
+    /// The resolved loopback address.
+    pub addr: SocketAddr,
+    /// `host[:port]` for the WebSocket upgrade.
+    pub host: String,
+    /// Path for the WebSocket upgrade.
+    pub path: String,
+    /// Pairs.
+    pub pairs: usize,
+    /// Requested message size.
+    pub size: usize,
+    /// Pacing.
+    pub mode: ModeKind,
+    /// `max`: in flight per sender.
+    pub window: u64,
+    /// `rate`: total messages/s.
+    pub rate: f64,
+    /// Measured window.
+    pub duration: Duration,
+    /// Warm-up.
+    pub warmup: Duration,
+    /// Longest drain.
+    pub drain: Duration,
+    /// Threads.
+    pub threads: usize,
+    /// Server process for CPU sampling.
+    pub server_pid: Option<u32>,
+    /// Handshake bound.
+    pub connect_timeout: Duration,
+}
+
+impl TryFrom<&PairsArgs> for RunConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(a: &PairsArgs) -> anyhow::Result<Self> {
+        let secs = |v: f64, name: &str, max: f64| -> anyhow::Result<Duration> {
+            ensure!(v.is_finite() && (0.0..=max).contains(&v), "--{name} must be between 0 and {max} seconds");
+            Ok(Duration::from_secs_f64(v))
+        };
+        ensure!((1..=MAX_RUN_PAIRS).contains(&a.pairs), "--pairs must be 1..={MAX_RUN_PAIRS}");
+        ensure!((1..=256).contains(&a.threads), "--threads must be 1..=256");
+        ensure!(a.size <= 65_536, "--size must be at most 65536 bytes");
+        ensure!((1..=1_000_000).contains(&a.window), "--window must be 1..=1000000");
+        let duration = secs(a.duration, "duration", 3600.0)?;
+        ensure!(!duration.is_zero(), "--duration must be positive");
+        let rate = match (a.mode, a.rate) {
+            (ModeKind::Rate, Some(r)) => {
+                ensure!(r.is_finite() && r > 0.0 && r <= 1e8, "--rate must be in (0, 1e8] messages/s");
+                r
+            }
+            (ModeKind::Rate, None) => bail!("--mode rate needs --rate"),
+            (ModeKind::Max, Some(_)) => bail!("--rate only applies to --mode rate"),
+            (ModeKind::Max, None) => 0.0,
+        };
+        let url = a.url.clone().unwrap_or_else(|| a.target.default_url().to_owned());
+        let (scheme, rest) = url.split_once("://").context("--url must look like scheme://host:port[/path]")?;
+        ensure!(
+            a.target.schemes().contains(&scheme),
+            "--url for {} must start with {}://",
+            a.target.name(),
+            a.target.schemes().join(":// or ")
+        );
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr = loopback_addr(host)?;
+        Ok(Self {
+            target: a.target,
+            url: url.clone(),
+            addr,
+            host: host.to_owned(),
+            path: if a.target == TargetKind::Switchboard && path == "/" {
+                "/connect".to_owned()
+            } else {
+                path.to_owned()
+            },
+            pairs: a.pairs,
+            size: a.size,
+            mode: a.mode,
+            window: a.window,
+            rate,
+            duration,
+            warmup: secs(a.warmup, "warmup", 600.0)?,
+            drain: secs(a.drain, "drain", 600.0)?,
+            threads: a.threads.min(a.pairs),
+            server_pid: a.server_pid,
+            connect_timeout: secs(a.connect_timeout, "connect-timeout", 60.0)?,
+        })
+    }
+}
+
+/// Resolves `host:port` and refuses anything but loopback addresses.
+pub fn loopback_addr(host_port: &str) -> anyhow::Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> =
+        host_port.to_socket_addrs().with_context(|| format!("cannot resolve {host_port:?} (host:port)"))?.collect();
+    ensure!(!addrs.is_empty(), "{host_port:?} resolves to nothing");
+    if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!("refusing {host_port} ({}): loadtest only targets loopback addresses", a.ip());
+    }
+    Ok(addrs[0])
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Measured first arrivals recorded.
+    pub samples: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// One refusal code and how often it came.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorCount {
+    /// The protocol error code.
+    pub code: u16,
+    /// How many sends were refused with it.
+    pub count: u64,
+}
+
+/// The result of one run; `--json` prints it as one line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Always `pairs` for now.
+    pub workload: &'static str,
+    /// The server kind.
+    pub target: &'static str,
+    /// The target URL.
+    pub url: String,
+    /// `max` or `rate`.
+    pub mode: &'static str,
+    /// Pairs.
+    pub pairs: usize,
+    /// Generator threads.
+    pub threads: usize,
+    /// Bytes per message (the envelope).
+    pub message_bytes: usize,
+    /// `max`: in flight per sender.
+    pub in_flight: Option<u64>,
+    /// `rate`: requested total messages/s.
+    pub rate: Option<f64>,
+    /// Measured window, seconds.
+    pub duration_s: f64,
+    /// Warm-up, seconds.
+    pub warmup_s: f64,
+    /// Counts of the measured window.
+    #[serde(flatten)]
+    pub counts: PairCounts,
+    /// Messages sent in the window per second.
+    pub sent_per_s: f64,
+    /// Messages of the window delivered, per second of window.
+    pub delivered_per_s: f64,
+    /// Latency from (intended) send to receipt, microseconds.
+    pub latency_us: Latency,
+    /// The generator's CPU use over the window, percent of one core.
+    pub cpu_generator_pct: Option<f64>,
+    /// The server's CPU use over the window (`--server-pid`).
+    pub cpu_server_pct: Option<f64>,
+    /// From the window's end until everything arrived (or the drain ended).
+    pub drain_s: f64,
+    /// True if every message of the window arrived or was refused in time.
+    pub complete: bool,
+    /// Connections lost during the run.
+    pub disconnects: u64,
+    /// Closed-loop pairs that stalled on dropped messages and were unblocked.
+    pub stalls: u64,
+    /// Refusals by error code.
+    pub errors: Vec<ErrorCount>,
+    /// The first connection failure during the run.
+    pub first_error: Option<String>,
+}
+
+/// Runs `loadtest pairs`.
+pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
+    let cfg = RunConfig::try_from(args)?;
+    raise_fd_limit(2 * cfg.pairs as u64 + 64)?;
+    let mut nonce = [0u8; 4];
+    getrandom::fill(&mut nonce).context("random nonce")?;
+    let nonce = u32::from_be_bytes(nonce).max(1);
+    let created_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).context("clock before 1970")?.as_millis() as u64;
+    let layout = Template::new(0, cfg.size, nonce, created_at_ms)?.layout();
+    let shared = Shared {
+        epoch: Instant::now(),
+        barrier: Barrier::new(cfg.threads + 1),
+        abort: AtomicBool::new(false),
+        plan: OnceLock::new(),
+        connect_timeout: cfg.connect_timeout,
+        size: cfg.size,
+        nonce,
+        created_at_ms,
+    };
+    let mut report = match cfg.target {
+        TargetKind::Switchboard => {
+            let secret = jwt_secret(args)?;
+            let proto = Switchboard::new(
+                cfg.addr,
+                cfg.host.clone(),
+                cfg.path.clone(),
+                secret,
+                args.issuer.clone(),
+                args.audience.clone(),
+                layout,
+            );
+            execute(&proto, &cfg, &shared)?
+        }
+        TargetKind::Mosquitto => execute(&Mqtt::new(cfg.addr, nonce), &cfg, &shared)?,
+        TargetKind::Nats => execute(&Nats::new(cfg.addr, nonce), &cfg, &shared)?,
+    };
+    report.message_bytes = layout.len;
+    Ok(report)
+}
+
+/// The HS256 secret: `--jwt-secret-file`, else `SWITCHBOARD_JWT_SECRET`,
+/// else `<data dir>/jwt-secret` (the server's default data directory if
+/// none is given).
+fn jwt_secret(args: &PairsArgs) -> anyhow::Result<Vec<u8>> {
+    let from_file = |p: &std::path::Path| -> anyhow::Result<Vec<u8>> {
+        let mut s = std::fs::read(p).with_context(|| format!("reading the JWT secret {}", p.display()))?;
+        while s.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+            s.pop();
+        }
+        Ok(s)
+    };
+    if let Some(p) = &args.jwt_secret_file {
+        return from_file(p);
+    }
+    if let Some(s) = std::env::var_os("SWITCHBOARD_JWT_SECRET") {
+        return Ok(s.into_encoded_bytes());
+    }
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            let non_empty = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+            if let Some(xdg) = non_empty("XDG_DATA_HOME") {
+                xdg.join("switchboard")
+            } else if let Some(home) = non_empty("HOME") {
+                home.join(".local/share/switchboard")
+            } else {
+                PathBuf::from("switchboard-data")
+            }
+        }
+    };
+    from_file(&dir.join("jwt-secret"))
+}
+
+/// Runs the threads against `proto` and merges their reports.
+fn execute<P: Protocol>(proto: &P, cfg: &RunConfig, shared: &Shared) -> anyhow::Result<Report> {
+    let shares = split(cfg.pairs, cfg.threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(i, range)| {
+                std::thread::Builder::new()
+                    .name(format!("loadtest-{i}"))
+                    .spawn_scoped(s, move || driver::drive(proto, range, shared))
+                    .expect("spawning a generator thread")
+            })
+            .collect();
+        shared.barrier.wait();
+        let connected = !shared.abort.load(Ordering::SeqCst);
+        let now = shared.now_ns();
+        let send_start_ns = now + 20_000_000;
+        let start_ns = send_start_ns + cfg.warmup.as_nanos() as u64;
+        let window = Window { start_ns, end_ns: start_ns + cfg.duration.as_nanos() as u64 };
+        let mode = match cfg.mode {
+            ModeKind::Max => Mode::Max { in_flight: cfg.window },
+            ModeKind::Rate => {
+                Mode::Rate { interval_ns: (cfg.pairs as f64 * 1e9 / cfg.rate).max(1.0) as u64, total_pairs: cfg.pairs }
+            }
+        };
+        let plan = Plan { mode, send_start_ns, window, drain_end_ns: window.end_ns + cfg.drain.as_nanos() as u64 };
+        shared.plan.set(plan).expect("the plan is set once");
+        shared.barrier.wait();
+        let (mut cpu_gen, mut cpu_srv) = (None, None);
+        if connected {
+            sleep_until(shared, window.start_ns);
+            let t0 = Instant::now();
+            let (g0, s0) = (cpu::cpu_time(None), cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p))));
+            sleep_until(shared, window.end_ns);
+            let wall = t0.elapsed();
+            let (g1, s1) = (cpu::cpu_time(None), cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p))));
+            cpu_gen = cpu::percent(g0, g1, wall);
+            cpu_srv = cpu::percent(s0, s1, wall);
+        }
+        let mut results = Vec::new();
+        for h in handles {
+            results.push(h.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))?);
+        }
+        // A connection failure explains an abort better than "another
+        // thread failed", so report the first real error.
+        if let Some(e) = results.iter().filter_map(|r| r.as_ref().err()).find(|e| !e.to_string().contains("another")) {
+            bail!("{e:#}");
+        }
+        let reports = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        let mut counts = PairCounts::default();
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds");
+        let mut errors: Vec<ErrorCount> = Vec::new();
+        let (mut disconnects, mut stalls, mut finished, mut complete, mut first_error) = (0, 0, 0, true, None);
+        for r in &reports {
+            counts.add(&r.counts);
+            latency.add(&r.latency).context("merging histograms")?;
+            disconnects += r.disconnects;
+            stalls += r.stalls;
+            finished = finished.max(r.finished_ns);
+            complete &= r.complete;
+            first_error = first_error.or_else(|| r.first_error.clone());
+            for &(code, count) in &r.error_codes {
+                match errors.iter_mut().find(|e| e.code == code) {
+                    Some(e) => e.count += count,
+                    None => errors.push(ErrorCount { code, count }),
+                }
+            }
+        }
+        let secs = window.secs();
+        let us = |ns: u64| ns as f64 / 1e3;
+        Ok(Report {
+            workload: "pairs",
+            target: cfg.target.name(),
+            url: cfg.url.clone(),
+            mode: match cfg.mode {
+                ModeKind::Max => "max",
+                ModeKind::Rate => "rate",
+            },
+            pairs: cfg.pairs,
+            threads: cfg.threads,
+            message_bytes: cfg.size,
+            in_flight: (cfg.mode == ModeKind::Max).then_some(cfg.window),
+            rate: (cfg.mode == ModeKind::Rate).then_some(cfg.rate),
+            duration_s: secs,
+            warmup_s: cfg.warmup.as_secs_f64(),
+            counts,
+            sent_per_s: counts.sent as f64 / secs,
+            delivered_per_s: counts.delivered as f64 / secs,
+            latency_us: Latency {
+                samples: latency.len(),
+                mean: latency.mean() / 1e3,
+                p50: us(latency.value_at_quantile(0.5)),
+                p90: us(latency.value_at_quantile(0.9)),
+                p99: us(latency.value_at_quantile(0.99)),
+                p999: us(latency.value_at_quantile(0.999)),
+                max: us(latency.max()),
+            },
+            cpu_generator_pct: cpu_gen,
+            cpu_server_pct: cpu_srv,
+            drain_s: finished.saturating_sub(window.end_ns) as f64 / 1e9,
+            complete,
+            disconnects,
+            stalls,
+            errors,
+            first_error,
+        })
+    })
+}
+
+/// Raises the soft open-files limit to at least `need` (up to the hard
+/// limit): each pair holds two sockets.
+fn raise_fd_limit(need: u64) -> anyhow::Result<()> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(());
+    }
+    if lim.rlim_cur >= need {
+        return Ok(());
+    }
+    ensure!(
+        lim.rlim_max >= need,
+        "{need} file descriptors needed, the hard limit is {}: lower --pairs or raise `ulimit -Hn`",
+        lim.rlim_max
+    );
+    lim.rlim_cur = need;
+    // SAFETY: setrlimit reads one rlimit from the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        bail!("cannot raise the open-files limit to {need}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sleep_until(shared: &Shared, t_ns: u64) {
+    loop {
+        let now = shared.now_ns();
+        if now >= t_ns {
+            return;
+        }
+        std::thread::sleep(Duration::from_nanos(t_ns - now));
+    }
+}
+
+/// Splits `0..pairs` into `threads` contiguous, nearly equal ranges.
+fn split(pairs: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
+    let threads = threads.clamp(1, pairs.max(1));
+    (0..threads).map(|i| (pairs * i / threads)..(pairs * (i + 1) / threads)).collect()
+}
+
+impl Report {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let c = &self.counts;
+        let pace = match (self.in_flight, self.rate) {
+            (Some(w), _) => format!("max, {w} in flight per sender"),
+            (_, Some(r)) => format!("rate {r} msg/s"),
+            _ => String::new(),
+        };
+        let pct = |p: Option<f64>| p.map_or("-".to_owned(), |p| format!("{p:.0}%"));
+        let l = &self.latency_us;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "loadtest {}: {} {} | {} pairs, {} B, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
+            self.workload,
+            self.target,
+            self.url,
+            self.pairs,
+            self.message_bytes,
+            self.threads,
+            self.duration_s,
+            self.warmup_s
+        );
+        let _ = writeln!(s, "  sent          {:>12}  {:>12.0}/s", c.sent, self.sent_per_s);
+        let _ = writeln!(s, "  delivered     {:>12}  {:>12.0}/s", c.delivered, self.delivered_per_s);
+        let _ = writeln!(
+            s,
+            "  lost {}  duplicates {}  out-of-order {}  rejected {}  offline {}  unknown {}",
+            c.lost, c.duplicates, c.out_of_order, c.rejected, c.offline, c.unknown
+        );
+        let _ = writeln!(
+            s,
+            "  latency µs    p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  ({} samples)",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.samples
+        );
+        let _ = writeln!(
+            s,
+            "  cpu           generator {}  server {}",
+            pct(self.cpu_generator_pct),
+            pct(self.cpu_server_pct)
+        );
+        let _ = write!(
+            s,
+            "  drain         {:.3} s, {}; disconnects {}, stalls {}",
+            self.drain_s,
+            if self.complete { "complete" } else { "INCOMPLETE" },
+            self.disconnects,
+            self.stalls
+        );
+        if let Some(e) = &self.first_error {
+            let _ = write!(s, "\n  first error   {e}");
+        }
+        for e in &self.errors {
+            let _ = write!(s, "\n  refused       code {} x{}", e.code, e.count);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> PairsArgs {
+        let mut argv = vec!["loadtest", "pairs"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Pairs(a) => a,
+        }
+    }
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        assert!(loopback_addr("127.0.0.1:1").is_ok());
+        assert!(loopback_addr("[::1]:1").is_ok());
+        assert!(loopback_addr("localhost:1").is_ok());
+        let err = loopback_addr("192.0.2.1:80").unwrap_err().to_string();
+        assert!(err.contains("only targets loopback"), "{err}");
+        let a = args(&["--target", "nats", "--url", "nats://10.0.0.1:4222"]);
+        assert!(RunConfig::try_from(&a).is_err());
+    }
+
+    #[test]
+    fn flags_are_validated() {
+        let ok = RunConfig::try_from(&args(&["--target", "switchboard"])).unwrap();
+        assert_eq!((ok.path.as_str(), ok.addr.port()), ("/connect", 8080));
+        for bad in [
+            &["--target", "nats", "--mode", "rate"][..],
+            &["--target", "nats", "--rate", "5"],
+            &["--target", "nats", "--pairs", "0"],
+            &["--target", "nats", "--duration", "0"],
+            &["--target", "mosquitto", "--url", "ws://127.0.0.1:1883"],
+            &["--target", "switchboard", "--url", "127.0.0.1:8080"],
+        ] {
+            assert!(RunConfig::try_from(&args(bad)).is_err(), "{bad:?}");
+        }
+        let r = RunConfig::try_from(&args(&["--target", "mosquitto", "--mode", "rate", "--rate", "100"])).unwrap();
+        assert_eq!(r.rate, 100.0);
+    }
+
+    #[test]
+    fn pairs_are_split_evenly_and_completely() {
+        assert_eq!(split(10, 3), [0..3, 3..6, 6..10]);
+        assert_eq!(split(2, 4), [0..1, 1..2]);
+        assert_eq!(split(1, 1).first(), Some(&(0..1)));
+    }
+}

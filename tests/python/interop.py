@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Interoperability check with an independent WebSocket implementation.
+
+Run by tests/tests/interop.rs against a live `switchboard serve`. It uses the
+PyPI `websockets` library (asyncio client) and builds and checks every frame
+by hand from docs/protocol.md; no Rust code is involved on this side. The
+envelopes (opaque FlatBuffers made by the Rust builder) arrive as hex in the
+JSON spec given as the only argument:
+
+    {"url": "ws://127.0.0.1:PORT/connect",
+     "alice": {"user": "...", "token": "..."},
+     "bob": {"user": "...", "token": "..."},
+     "bad_token": "...",
+     "to_bob": ["<hex>", "<hex>"],   # alice -> user:bob
+     "to_room": "<hex>",             # alice -> room:interop
+     "spoofed": "<hex>"}             # sender bob, sent on alice's connection
+
+Exit status 0 when every check passed; otherwise 1 with the failed check on
+stderr.
+"""
+
+import asyncio
+import json
+import struct
+import sys
+
+try:
+    import websockets
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+except ImportError as e:  # pragma: no cover - reported to the Rust test
+    sys.exit(f"interop.py needs the `websockets` package (scripts/install-test-deps.sh): {e}")
+
+TIMEOUT = 10.0
+SUBPROTOCOL = "switchboard.v1"
+CHECKS = 0
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(cond, what):
+    global CHECKS
+    CHECKS += 1
+    if not cond:
+        raise CheckFailed(what)
+
+
+# --- frames, from docs/protocol.md section 4 -------------------------------
+
+def send_frame(env: bytes) -> bytes:
+    return b"\x01\x01\x00\x00" + env
+
+
+def deliver_frame(env: bytes) -> bytes:
+    return b"\x01\x03\x00\x00" + env
+
+
+def ack_frame(env_id: bytes) -> bytes:
+    return b"\x01\x04\x00\x00" + env_id
+
+
+def join_frame(request_id: int, room: str) -> bytes:
+    return b"\x01\x06\x00\x00" + struct.pack("<I", request_id) + room.encode()
+
+
+def presence_query(request_id: int, user: str) -> bytes:
+    return b"\x01\x09\x00\x00" + struct.pack("<I", request_id) + user.encode()
+
+
+def ping_frame(nonce: int) -> bytes:
+    return b"\x01\x0b\x00\x00" + struct.pack("<Q", nonce)
+
+
+def envelope_id(env: bytes) -> bytes:
+    """The 16-byte id, read through the FlatBuffers layout (section 3/5):
+    u32 root table offset at 0, the table starts with an i32 offset back to
+    its vtable, vtable slot 0 (at vtable+4) locates the RoutingHeader struct,
+    whose first 16 bytes are the id."""
+    check(env[4:8] == b"SBv1", "file identifier SBv1")
+    (table,) = struct.unpack_from("<I", env, 0)
+    (back,) = struct.unpack_from("<i", env, table)
+    vtable = table - back
+    (header,) = struct.unpack_from("<H", env, vtable + 4)
+    start = table + header
+    check(start % 8 == 0, "RoutingHeader is 8-aligned")
+    return env[start:start + 16]
+
+
+def check_accepted(frame: bytes, env_id: bytes, recipients: int, what: str):
+    check(len(frame) == 28, f"{what}: accepted is 28 bytes, got {len(frame)}: {frame.hex()}")
+    check(frame[0:4] == b"\x01\x02\x00\x00", f"{what}: accepted header, got {frame[0:4].hex()}")
+    check(frame[4:20] == env_id, f"{what}: accepted names the envelope id")
+    check(frame[20] == 0, f"{what}: outcome 0 (delivered), got {frame[20]}")
+    check(frame[21:24] == b"\x00\x00\x00", f"{what}: reserved bytes are zero")
+    (n,) = struct.unpack_from("<I", frame, 24)
+    check(n == recipients, f"{what}: {recipients} recipients, got {n}")
+
+
+async def recv_frame(ws, what: str) -> bytes:
+    try:
+        msg = await asyncio.wait_for(ws.recv(), TIMEOUT)
+    except asyncio.TimeoutError:
+        raise CheckFailed(f"{what}: nothing received within {TIMEOUT}s")
+    check(isinstance(msg, bytes), f"{what}: expected a binary message, got {msg!r}")
+    return msg
+
+
+async def expect_delivery(ws, env: bytes, what: str):
+    frame = await recv_frame(ws, what)
+    check(frame == deliver_frame(env), f"{what}: deliver frame is 01 03 00 00 + the envelope bytes")
+    await ws.send(ack_frame(envelope_id(env)))
+
+
+async def expect_refused(url: str, status: int, code: int, what: str, **kwargs):
+    try:
+        async with connect(url, open_timeout=TIMEOUT, **kwargs):
+            pass
+    except InvalidStatus as e:
+        check(e.response.status_code == status, f"{what}: HTTP {status}, got {e.response.status_code}")
+        body = json.loads(e.response.body)
+        check(body["error"]["code"] == code, f"{what}: error code {code}, got {body}")
+        return
+    raise CheckFailed(f"{what}: the upgrade was accepted")
+
+
+async def main(spec: dict):
+    url = spec["url"]
+    alice, bob = spec["alice"], spec["bob"]
+    to_bob = [bytes.fromhex(h) for h in spec["to_bob"]]
+    to_room = bytes.fromhex(spec["to_room"])
+    spoofed = bytes.fromhex(spec["spoofed"])
+
+    # Three ways to present the token (docs/protocol.md section 2).
+    b1 = await connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {bob['token']}"},
+        subprotocols=[SUBPROTOCOL],
+        open_timeout=TIMEOUT,
+    )
+    a = await connect(url, subprotocols=[SUBPROTOCOL, "bearer." + alice["token"]], open_timeout=TIMEOUT)
+    b2 = await connect(f"{url}?token={bob['token']}", subprotocols=[SUBPROTOCOL], open_timeout=TIMEOUT)
+    for ws, name in [(b1, "Authorization"), (a, "bearer subprotocol"), (b2, "?token=")]:
+        check(ws.subprotocol == SUBPROTOCOL, f"{name}: server selected {SUBPROTOCOL}, got {ws.subprotocol}")
+
+    # Wait (with a deadline) until both of bob's connections are registered.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    request_id = 100
+    while True:
+        request_id += 1
+        await a.send(presence_query(request_id, bob["user"]))
+        r = await recv_frame(a, "presence-result")
+        check(r[0:4] == b"\x01\x0a\x00\x00", f"presence-result header, got {r[0:4].hex()}")
+        rid, conns = struct.unpack_from("<II", r, 4)
+        check(rid == request_id, "presence-result echoes the request id")
+        check(r[12:] == bob["user"].encode(), "presence-result names the user")
+        if conns == 2:
+            break
+        check(loop.time() < deadline, f"bob has 2 connections (has {conns})")
+        await asyncio.sleep(0.01)  # poll interval
+
+    # 1:1 to both devices, byte for byte; both acknowledge.
+    env = to_bob[0]
+    await a.send(send_frame(env))
+    check_accepted(await recv_frame(a, "accepted"), envelope_id(env), 2, "alice -> bob")
+    await expect_delivery(b1, env, "bob device 1")
+    await expect_delivery(b2, env, "bob device 2")
+
+    # Protocol ping and WebSocket ping.
+    await b2.send(ping_frame(0x0123456789ABCDEF))
+    pong = await recv_frame(b2, "pong")
+    check(pong == bytes.fromhex("010c0000efcdab8967452301"), f"pong echoes the nonce, got {pong.hex()}")
+    await asyncio.wait_for(await b2.ping(b"sb"), TIMEOUT)
+
+    # Rooms.
+    for ws, rid in [(a, 7), (b1, 8)]:
+        await ws.send(join_frame(rid, "interop"))
+        done = await recv_frame(ws, "done")
+        check(done == b"\x01\x08\x00\x00" + struct.pack("<I", rid), f"done for request {rid}, got {done.hex()}")
+    await a.send(send_frame(to_room))
+    check_accepted(await recv_frame(a, "accepted"), envelope_id(to_room), 1, "alice -> room:interop")
+    await expect_delivery(b1, to_room, "bob in the room")
+
+    # A spoofed sender: error sender-mismatch (204) naming the envelope.
+    await a.send(send_frame(spoofed))
+    err = await recv_frame(a, "error")
+    check(err[0:4] == b"\x01\x05\x01\x00", f"error header with the envelope-id flag, got {err[0:4].hex()}")
+    (code,) = struct.unpack_from("<H", err, 4)
+    check(code == 204, f"sender-mismatch is 204, got {code}")
+    check(err[6:12] == b"\x00" * 6, "reserved bytes and request id are zero")
+    check(err[12:28] == envelope_id(spoofed), "the error names the spoofed envelope")
+    err[28:].decode("utf-8")
+
+    # A text message closes that connection with 1003; the others go on.
+    await b2.send("text is not the protocol")
+    try:
+        await asyncio.wait_for(b2.recv(), TIMEOUT)
+        raise CheckFailed("a text message did not close the connection")
+    except ConnectionClosed as e:
+        check(e.rcvd is not None and e.rcvd.code == 1003, f"close code 1003, got {e.rcvd}")
+
+    # Refused upgrades: 401 with the JSON error body.
+    await expect_refused(url, 401, 300, "no token", subprotocols=[SUBPROTOCOL])
+    await expect_refused(
+        url, 401, 301, "bad token",
+        additional_headers={"Authorization": f"Bearer {spec['bad_token']}"},
+        subprotocols=[SUBPROTOCOL],
+    )
+
+    # Still serving: the second envelope reaches bob's remaining device.
+    env = to_bob[1]
+    await a.send(send_frame(env))
+    check_accepted(await recv_frame(a, "accepted"), envelope_id(env), 1, "alice -> bob after the errors")
+    await expect_delivery(b1, env, "bob device 1")
+
+    for ws in (a, b1):
+        await ws.close()
+        check(ws.close_code == 1000, f"normal closure, got {ws.close_code}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: interop.py '<json spec>'")
+    try:
+        asyncio.run(asyncio.wait_for(main(json.loads(sys.argv[1])), 60))
+    except CheckFailed as e:
+        print(f"interop: FAILED after {CHECKS} checks: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"interop: ok, {CHECKS} checks, websockets {websockets.__version__}")

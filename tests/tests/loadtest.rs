@@ -1,0 +1,271 @@
+//! End-to-end smoke tests of the load generator: a short, low-rate `pairs`
+//! run of the real `loadtest` binary against a fresh `switchboard serve`,
+//! Mosquitto and nats-server (each started here on a loopback port with a
+//! temp directory and stopped by PID), checking that the JSON report's
+//! counts are consistent and nothing was lost. No timing assertions.
+//!
+//! Needs `cargo build --workspace --bins` (scripts/test.sh does) and the
+//! Debian packages `mosquitto` and `nats-server`
+//! (scripts/install-test-deps.sh installs them).
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Messages per second over all pairs: low enough for any machine.
+const RATE: u64 = 200;
+const PAIRS: u64 = 4;
+const SECONDS: u64 = 2;
+
+#[test]
+fn pairs_against_switchboard_loses_nothing() {
+    let server = Server::switchboard();
+    let url = format!("ws://{}/connect", server.addr);
+    let report = loadtest(&server, "switchboard", &url, &["--data-dir", path_str(server.dir.path())]);
+    check_consistent(&report);
+    // Answers never outnumber sends (check_consistent saw none refused).
+    assert!(report["answered"].as_u64().unwrap() <= report["sent_total"].as_u64().unwrap(), "{report}");
+}
+
+#[test]
+fn pairs_against_mosquitto_loses_nothing() {
+    let server = Server::mosquitto();
+    let url = format!("mqtt://{}", server.addr);
+    let report = loadtest(&server, "mosquitto", &url, &[]);
+    check_consistent(&report);
+    assert_eq!(report["answered"], 0, "MQTT QoS 0 has no answers: {report}");
+}
+
+#[test]
+fn pairs_against_nats_loses_nothing() {
+    let server = Server::nats();
+    let url = format!("nats://{}", server.addr);
+    let report = loadtest(&server, "nats", &url, &[]);
+    check_consistent(&report);
+}
+
+#[test]
+fn non_loopback_targets_are_refused_before_connecting() {
+    let out = Command::new(bin("loadtest"))
+        .args(["pairs", "--target", "nats", "--url", "nats://192.0.2.1:4222", "--duration", "1"])
+        .output()
+        .expect("run loadtest");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only targets loopback"), "{err}");
+}
+
+/// The report of a low-rate run is self-consistent and lossless.
+fn check_consistent(r: &Value) {
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("no {k} in {r}"));
+    assert!(n("sent") > 0, "{r}");
+    // The open-loop schedule bounds what can be sent in the window.
+    assert!(n("sent") <= RATE * SECONDS + PAIRS, "{r}");
+    assert_eq!(n("delivered"), n("sent"), "{r}");
+    for k in ["lost", "duplicates", "out_of_order", "unknown", "rejected", "offline", "disconnects"] {
+        assert_eq!(n(k), 0, "{k}: {r}");
+    }
+    assert!(n("sent_total") >= n("sent"), "{r}");
+    assert!(n("received_total") >= n("delivered") && n("received_total") <= n("sent_total"), "{r}");
+    assert_eq!(r["latency_us"]["samples"].as_u64(), Some(n("delivered")), "{r}");
+    assert_eq!(r["complete"], true, "{r}");
+    assert_eq!(r["pairs"], PAIRS, "{r}");
+    assert_eq!(r["message_bytes"], 256, "{r}");
+    assert!(r["cpu_generator_pct"].is_number(), "{r}");
+    assert!(r["cpu_server_pct"].is_number(), "--server-pid was given: {r}");
+}
+
+/// Runs `loadtest pairs --json` in rate mode and returns its report.
+fn loadtest(server: &Server, target: &str, url: &str, extra: &[&str]) -> Value {
+    let pid = server.child.id().to_string();
+    let (rate, pairs, seconds) = (RATE.to_string(), PAIRS.to_string(), SECONDS.to_string());
+    let mut args = vec![
+        "pairs",
+        "--target",
+        target,
+        "--url",
+        url,
+        "--pairs",
+        &pairs,
+        "--mode",
+        "rate",
+        "--rate",
+        &rate,
+        "--duration",
+        &seconds,
+        "--warmup",
+        "0.5",
+        "--drain",
+        "10",
+        "--server-pid",
+        &pid,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(bin("loadtest"))
+        .args(&args)
+        .env_remove("SWITCHBOARD_JWT_SECRET")
+        .env_remove("SWITCHBOARD_DATA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn loadtest");
+    // The run is bounded by its own flags; this deadline catches a hang.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait for loadtest").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("loadtest did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("loadtest output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "loadtest failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "--json prints one line: {stdout}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// A server process on a loopback port, with its own temp directory;
+/// killed by PID when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn switchboard() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(bin("switchboard"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--shards", "1"]);
+        if let Ok(driver) = std::env::var("SWITCHBOARD_TEST_IO_DRIVER") {
+            cmd.args(["--io-driver", &driver]);
+        }
+        for var in ["SWITCHBOARD_JWT_SECRET", "SWITCHBOARD_CONFIG", "SWITCHBOARD_LISTEN", "SWITCHBOARD_IO_DRIVER"] {
+            cmd.env_remove(var);
+        }
+        let mut child = cmd
+            .env("SWITCHBOARD_DATA_DIR", dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn switchboard serve");
+        // Read the ready line on a thread so the wait has a deadline.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut server = Self { child, addr: String::new(), dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.addr.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("switchboard serve printed no ready line within 20 s");
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["event"] == "ready"
+            {
+                server.addr = v["listen"].as_str().expect("ready line names its listen address").to_owned();
+            }
+        }
+        server
+    }
+
+    fn mosquitto() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new(system_bin("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        Self::listening(child, port, dir)
+    }
+
+    fn nats() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new(system_bin("nats-server"))
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        Self::listening(child, port, dir)
+    }
+
+    /// Waits (with a deadline) until the server accepts connections.
+    fn listening(child: Child, port: u16, dir: tempfile::TempDir) -> Self {
+        let mut server = Self { child, addr: format!("127.0.0.1:{port}"), dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&server.addr).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("the server exited before listening on {}: {status}", server.addr);
+            }
+            assert!(Instant::now() < deadline, "nothing listens on {} after 20 s", server.addr);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Child::kill signals our own child by its PID.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local address").port()
+}
+
+/// A binary of this workspace: target/<profile>/<name>, next to the test
+/// binary's `deps/` directory.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A Debian-packaged server binary (in /usr/sbin, often not on PATH).
+fn system_bin(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not found: run scripts/install-test-deps.sh (Debian package {name})"))
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
