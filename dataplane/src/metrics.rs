@@ -88,6 +88,8 @@ pub struct ShardMetrics {
     pub queue_overflow: Counter,
     /// Connections closed as slow consumers.
     pub slow_consumers: Counter,
+    /// Connections accepted on this shard's listener (before any hand-off).
+    pub accepted: Counter,
     /// Connections handed to their owner shard after the handshake.
     pub handoffs: Counter,
     /// Handshakes refused (auth, limits, bad requests).
@@ -206,7 +208,10 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], open_connections: usize) 
         let _ = writeln!(o, "switchboard_cross_shard_queue_depth{{shard=\"{i}\"}} {}", m.queue_depth.get());
     }
     type Read = fn(&ShardMetrics) -> u64;
-    let counters: [(&str, &str, Read); 5] = [
+    let counters: [(&str, &str, Read); 6] = [
+        ("accepted_total", "Connections accepted on this shard's listener (SO_REUSEPORT spread).", |m| {
+            m.accepted.get()
+        }),
         ("cross_shard_full_total", "Cross-shard messages refused because a queue was full.", |m| {
             m.cross_shard_full.get()
         }),

@@ -112,6 +112,7 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         if shard.stopping.get() {
             continue;
         }
+        shard.metrics.accepted.inc();
         let permit = match shard.shared.admit(peer.ip()) {
             Ok(p) => p,
             Err(code) => {
