@@ -328,7 +328,9 @@ async fn websocket(
     }
     let owner = shard.shared.owners.user(identity.user().as_str());
     if owner == shard.id {
-        run_websocket(shard, io, leftover, identity, peer, permit).await;
+        // A task of its own: the long-lived connection should not carry the
+        // handshake's state (request head, upgrade, the HTTP path's locals).
+        spawn_websocket(shard, io, leftover, identity, peer, permit);
         return;
     }
     let Io { stream, tls, .. } = io;
@@ -359,10 +361,26 @@ pub(crate) fn adopt(shard: &Shard, h: Handoff) {
     match TcpStream::from_std(std) {
         Ok(stream) => {
             let io = Io { stream, tls: h.tls, raw: BytesMut::new() };
-            monoio::spawn(run_websocket(shard, io, h.leftover, h.identity, h.peer, h.permit));
+            spawn_websocket(shard, io, h.leftover, h.identity, h.peer, h.permit);
         }
         Err(e) => tracing::warn!(error = %e, "cannot adopt handed-over connection"),
     }
+}
+
+/// Starts the task of an authenticated WebSocket connection on its owner
+/// shard.
+fn spawn_websocket(
+    shard: Rc<Shard>,
+    io: Io,
+    buf: BytesMut,
+    identity: Arc<Identity>,
+    peer: SocketAddr,
+    permit: ConnPermit,
+) {
+    // Unread bytes after the handshake are rare; without them, drop the
+    // handshake's read buffer (it would pin its whole allocation).
+    let buf = if buf.is_empty() { BytesMut::new() } else { buf };
+    monoio::spawn(run_websocket(shard, io, buf, identity, peer, permit));
 }
 
 /// Drives an authenticated WebSocket connection on its owner shard.
