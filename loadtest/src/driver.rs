@@ -113,8 +113,9 @@ const WRITE_BACKLOG: usize = 1 << 20;
 /// Read buffer per connection (grows for a larger unit).
 const READ_BUF: usize = 64 * 1024;
 /// A rate-mode thread spins instead of sleeping when the next send is due
-/// sooner than this (epoll sleeps in whole milliseconds).
-const SPIN_NS: u64 = 2_000_000;
+/// sooner than this: epoll sleeps in whole milliseconds (mio rounds up), so
+/// a sleep of `due - SPIN_NS` never wakes late.
+const SPIN_NS: u64 = 1_000_000;
 /// A closed-loop pair at its limit with no receipt for this long has lost
 /// messages (QoS 0 / core NATS drop); it gets a fresh window.
 const STALL_NS: u64 = 500_000_000;

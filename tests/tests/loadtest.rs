@@ -187,7 +187,7 @@ impl Server {
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nlog_dest none\n"),
         )
         .expect("write mosquitto.conf");
         let child = Command::new(system_bin("mosquitto"))
