@@ -228,7 +228,12 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], open_connections: usize) 
             let _ = writeln!(o, "switchboard_{name}{{shard=\"{i}\"}} {}", get(m));
         }
     }
-    family(&mut o, "route_latency_seconds", "histogram", "Time from a send's arrival to its answer being queued.");
+    family(
+        &mut o,
+        "route_latency_seconds",
+        "histogram",
+        "Time from a send's arrival to its routing on the receiving shard (one envelope in 64 is timed).",
+    );
     for (i, m) in shards.iter().enumerate() {
         let mut cumulative = 0;
         for (b, bound) in LATENCY_BUCKETS_US.iter().enumerate() {

@@ -503,11 +503,12 @@ impl Reader<'_> {
             // A frame may close the connection (a fatal error): then the
             // frames after it in the buffer must not be interpreted.
             WsEvent::Binary(range) => {
-                self.on_frame(frame.slice(range), now, now_ms);
+                self.on_frame(&frame, &frame[range], now, now_ms);
                 !self.closing()
             }
             WsEvent::BinaryAssembled(message) => {
-                self.on_frame(Bytes::from(message), now, now_ms);
+                let message = Bytes::from(message);
+                self.on_frame(&message, &message, now, now_ms);
                 !self.closing()
             }
             WsEvent::Text => {
@@ -557,8 +558,10 @@ impl Reader<'_> {
         self.shard.with_conn(self.id, |c| c.closing.is_some()).unwrap_or(true)
     }
 
-    fn on_frame(&self, payload: Bytes, now: Instant, now_ms: u64) {
-        let frame = match Frame::decode(&payload, &self.limits) {
+    /// Handles one protocol frame: `payload`, which lies inside `owner`
+    /// (an envelope is kept as a refcounted slice of `owner`, no copy).
+    fn on_frame(&self, owner: &Bytes, payload: &[u8], now: Instant, now_ms: u64) {
+        let frame = match Frame::decode(payload, &self.limits) {
             Ok(f) => f,
             Err(e) => {
                 let code = e.code();
@@ -573,7 +576,7 @@ impl Reader<'_> {
         };
         match frame {
             Frame::Send { envelope } => {
-                let envelope = payload.slice_ref(envelope);
+                let envelope = owner.slice_ref(envelope);
                 self.on_send(envelope, now, now_ms);
             }
             Frame::DeliveryAck { id } => {
@@ -684,7 +687,11 @@ impl Reader<'_> {
                 return;
             }
         }
-        shard.metrics.route_latency.observe_us(now.elapsed().as_micros() as u64);
+        // Sampled: a clock read per envelope would cost more than the rest
+        // of the metrics together.
+        if shard.sample_latency() {
+            shard.metrics.route_latency.observe_us(now.elapsed().as_micros() as u64);
+        }
     }
 }
 

@@ -36,6 +36,9 @@ use mesh::Mesh;
 use presence::{Owners, Presence, Rooms};
 use write::{Out, OutQueue};
 
+/// One routed envelope in this many has its routing time measured.
+pub(crate) const LATENCY_SAMPLE: u32 = 64;
+
 /// Index of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardId(pub u16);
@@ -349,6 +352,8 @@ pub(crate) struct Shard {
     /// Rate limit for logs about bad input, so a flood of bad clients
     /// cannot flood the logs.
     pub(crate) log_limiter: LogLimiter,
+    /// Counts routed envelopes, to time one in [`LATENCY_SAMPLE`].
+    latency_counter: Cell<u32>,
     /// Woken when the last connection is gone (graceful shutdown).
     drained: RefCell<Option<Waker>>,
 }
@@ -370,8 +375,16 @@ impl Shard {
             scratch_frame: RefCell::new(Vec::with_capacity(512)),
             stopping: Cell::new(false),
             log_limiter: LogLimiter::new(20),
+            latency_counter: Cell::new(0),
             drained: RefCell::new(None),
         })
+    }
+
+    /// True for one envelope in [`LATENCY_SAMPLE`]: that one is timed.
+    pub(crate) fn sample_latency(&self) -> bool {
+        let n = self.latency_counter.get().wrapping_add(1);
+        self.latency_counter.set(n);
+        n.is_multiple_of(LATENCY_SAMPLE)
     }
 
     /// Registers a connection of `identity.user` on this (its owner) shard.

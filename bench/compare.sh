@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Side-by-side load test: Switchboard, Mosquitto and nats-server in turn,
+# each pinned to the same server core(s) with taskset, the generator on the
+# other cores, the same workloads, RUNS runs each. Writes every run as a JSON
+# line and a markdown table of medians (with ranges).
+#
+# Needs (Debian): mosquitto, nats-server, util-linux (taskset), python3.
+# Installs nothing. Builds release binaries of switchboard and loadtest.
+#
+# Usage: bench/compare.sh [OUT_DIR]
+# Environment (defaults):
+#   RUNS=3 DURATION=5 PAIRS=100 WINDOW=32 SIZE=256 RATE=20000
+#   SERVER_CPUS=0 GEN_CPUS=1 GEN_THREADS=1 TARGETS="switchboard nats mosquitto"
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$root/target/compare}
+RUNS=${RUNS:-3} DURATION=${DURATION:-5} PAIRS=${PAIRS:-100} WINDOW=${WINDOW:-32} SIZE=${SIZE:-256}
+RATE=${RATE:-20000} SERVER_CPUS=${SERVER_CPUS:-0} GEN_CPUS=${GEN_CPUS:-1} GEN_THREADS=${GEN_THREADS:-1}
+TARGETS=${TARGETS:-"switchboard nats mosquitto"}
+
+for tool in taskset python3 mosquitto nats-server; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "compare.sh needs $tool" >&2; exit 2; }
+done
+export PATH="$PATH:/usr/sbin"
+mkdir -p "$out"
+results="$out/results.jsonl"
+: >"$results"
+
+(cd "$root" && cargo build --release --locked -p switchboard -p switchboard-loadtest)
+sb="$root/target/release/switchboard"
+lt="$root/target/release/loadtest"
+tmp=$(mktemp -d)
+server_pid=""
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "server did not open port $1" >&2
+  return 1
+}
+
+start_server() { # target -> sets server_pid and url
+  local port
+  port=$(free_port)
+  case "$1" in
+    switchboard)
+      SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$SERVER_CPUS" "$sb" serve --listen "127.0.0.1:$port" \
+        --admin-listen 127.0.0.1:0 --shards "$(taskset -c "$SERVER_CPUS" nproc)" >"$tmp/sb.out" 2>"$tmp/sb.err" &
+      server_pid=$!
+      url="ws://127.0.0.1:$port/connect"
+      ;;
+    mosquitto)
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nmax_queued_messages 100000\n' \
+        "$port" >"$tmp/mosquitto.conf"
+      taskset -c "$SERVER_CPUS" mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosq.log" 2>&1 &
+      server_pid=$!
+      url="mqtt://127.0.0.1:$port"
+      ;;
+    nats)
+      GOMAXPROCS=$(taskset -c "$SERVER_CPUS" nproc) taskset -c "$SERVER_CPUS" nats-server -a 127.0.0.1 -p "$port" \
+        >"$tmp/nats.log" 2>&1 &
+      server_pid=$!
+      url="nats://127.0.0.1:$port"
+      ;;
+  esac
+  wait_port "$port"
+}
+
+stop_server() {
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+
+run() { # target workload-name args...
+  local target=$1 name=$2
+  shift 2
+  local line
+  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" pairs --target "$target" --url "$url" \
+    --pairs "$PAIRS" --size "$SIZE" --duration "$DURATION" --threads "$GEN_THREADS" \
+    --server-pid "$server_pid" --json "$@")
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["target"]=sys.argv[2]; d["workload"]=sys.argv[3]; print(json.dumps(d))' \
+    "$line" "$target" "$name" >>"$results"
+  echo "$target $name: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d.get("delivered_per_s"), "msg/s", "p99", d.get("latency_us",{}).get("p99"), "us", "lost", d.get("lost"))' "$line")"
+}
+
+for target in $TARGETS; do
+  start_server "$target"
+  for i in $(seq 1 "$RUNS"); do
+    run "$target" "max" --mode max --window "$WINDOW"
+  done
+  for i in $(seq 1 "$RUNS"); do
+    run "$target" "rate-$RATE" --mode rate --rate "$RATE"
+  done
+  # Half of this server's median max throughput, measured above.
+  half=$(python3 - "$results" "$target" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["target"] == sys.argv[2] and json.loads(l)["workload"] == "max"]
+print(int(statistics.median(r["delivered_per_s"] for r in rows) / 2))
+PY
+)
+  for i in $(seq 1 "$RUNS"); do
+    run "$target" "rate-half-max" --mode rate --rate "$half"
+  done
+  stop_server
+done
+
+python3 - "$results" >"$out/summary.md" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(xs):
+    return statistics.median(xs), min(xs), max(xs)
+print("| server | workload | delivered/s (median, range) | p50 µs | p99 µs | p99.9 µs | lost | server CPU % |")
+print("|---|---|---|---|---|---|---|---|")
+keys = []
+for r in rows:
+    k = (r["target"], r["workload"])
+    if k not in keys:
+        keys.append(k)
+for t, w in keys:
+    rs = [r for r in rows if r["target"] == t and r["workload"] == w]
+    d = med([r["delivered_per_s"] for r in rs])
+    lat = lambda q: statistics.median(r["latency_us"][q] for r in rs)
+    cpu = statistics.median(r.get("cpu_server_pct") or 0 for r in rs)
+    lost = sum(r["lost"] for r in rs)
+    print(f"| {t} | {w} | {d[0]:,.0f} ({d[1]:,.0f}–{d[2]:,.0f}) | {lat('p50'):,} | {lat('p99'):,} | {lat('p999'):,} | {lost} | {cpu:.0f} |")
+PY
+cat "$out/summary.md"
