@@ -99,9 +99,16 @@ pub(crate) struct Handoff {
 
 /// Accepts connections until the shard stops.
 pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let cancel = shard.accept_canceller.borrow().handle();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.cancelable_accept(cancel.clone()).await {
             Ok(x) => x,
+            Err(_) if shard.stopping.get() => {
+                // Shutting down: dropping the listener closes the port, so
+                // new clients are refused instead of accepted and dropped.
+                tracing::debug!(shard = shard.id.0, "listener closed");
+                return;
+            }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(shard = shard.id.0, error = %e, "accept failed");

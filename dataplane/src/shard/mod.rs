@@ -349,6 +349,8 @@ pub(crate) struct Shard {
     backlog: RefCell<std::collections::VecDeque<(ShardId, Msg)>>,
     scratch_frame: RefCell<Vec<u8>>,
     pub(crate) stopping: Cell<bool>,
+    /// Cancels the pending accept when the shard stops.
+    pub(crate) accept_canceller: RefCell<monoio::io::Canceller>,
     /// Rate limit for logs about bad input, so a flood of bad clients
     /// cannot flood the logs.
     pub(crate) log_limiter: LogLimiter,
@@ -374,6 +376,7 @@ impl Shard {
             backlog: RefCell::new(std::collections::VecDeque::new()),
             scratch_frame: RefCell::new(Vec::with_capacity(512)),
             stopping: Cell::new(false),
+            accept_canceller: RefCell::new(monoio::io::Canceller::new()),
             log_limiter: LogLimiter::new(20),
             latency_counter: Cell::new(0),
             drained: RefCell::new(None),
@@ -759,6 +762,8 @@ impl Shard {
             }
             Command::Shutdown => {
                 self.stopping.set(true);
+                let canceller = std::mem::take(&mut *self.accept_canceller.borrow_mut());
+                canceller.cancel();
                 let ids: Vec<ConnId> = self
                     .conns
                     .borrow()
