@@ -28,7 +28,7 @@ struct Doorbell {
 
 /// Every queue between every pair of shards, plus one lane per shard for
 /// senders outside the shards ([`Mesh::outside`]: admin API, signals).
-pub(crate) struct Mesh<M> {
+pub struct Mesh<M> {
     shards: usize,
     /// `queues[dst * (shards + 1) + src]`.
     queues: Box<[ArrayQueue<M>]>,
@@ -37,7 +37,7 @@ pub(crate) struct Mesh<M> {
 
 impl<M> Mesh<M> {
     /// A mesh for `shards` shards with `capacity` messages per pair.
-    pub(crate) fn new(shards: usize, capacity: usize) -> Arc<Self> {
+    pub fn new(shards: usize, capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             shards,
             queues: (0..shards * (shards + 1)).map(|_| ArrayQueue::new(capacity)).collect(),
@@ -46,13 +46,13 @@ impl<M> Mesh<M> {
     }
 
     /// Number of shards.
-    pub(crate) fn shards(&self) -> usize {
+    pub fn shards(&self) -> usize {
         self.shards
     }
 
     /// The source id of senders that are not shards. Its lanes are
     /// multi-producer (the queues are MPMC), so any thread may use it.
-    pub(crate) fn outside(&self) -> ShardId {
+    pub fn outside(&self) -> ShardId {
         ShardId(self.shards as u16)
     }
 
@@ -61,7 +61,7 @@ impl<M> Mesh<M> {
     }
 
     /// Sends `msg` from `src` to `dst`; gives it back if the queue is full.
-    pub(crate) fn send(&self, src: ShardId, dst: ShardId, msg: M) -> Result<(), M> {
+    pub fn send(&self, src: ShardId, dst: ShardId, msg: M) -> Result<(), M> {
         self.queue(src, dst).push(msg)?;
         self.ring(dst);
         Ok(())
@@ -80,13 +80,13 @@ impl<M> Mesh<M> {
     }
 
     /// Messages waiting for `dst` from `src` (for metrics).
-    pub(crate) fn depth(&self, src: ShardId, dst: ShardId) -> usize {
+    pub fn depth(&self, src: ShardId, dst: ShardId) -> usize {
         self.queue(src, dst).len()
     }
 
     /// Pops up to `max` messages for `dst`, round-robin over sources, calling
     /// `f` for each; returns how many were handled.
-    pub(crate) fn drain(&self, dst: ShardId, max: usize, mut f: impl FnMut(ShardId, M)) -> usize {
+    pub fn drain(&self, dst: ShardId, max: usize, mut f: impl FnMut(ShardId, M)) -> usize {
         let mut handled = 0;
         for src in 0..=self.shards {
             let src = ShardId(src as u16);
@@ -110,7 +110,7 @@ impl<M> Mesh<M> {
 
     /// Waits until a message for `dst` may be waiting. Returns at once if
     /// one already is.
-    pub(crate) async fn wait(&self, dst: ShardId) {
+    pub async fn wait(&self, dst: ShardId) {
         let bell = &self.doorbells[dst.index()];
         poll_fn(|cx| {
             bell.waker.register(cx.waker());

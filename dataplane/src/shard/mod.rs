@@ -10,7 +10,7 @@
 //! a shard (admin API, signals) sends it a typed [`Msg`] and awaits a reply.
 
 pub(crate) mod conn;
-pub(crate) mod mesh;
+pub mod mesh;
 pub mod presence;
 pub(crate) mod write;
 
