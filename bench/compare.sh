@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side load test: Switchboard, Mosquitto and nats-server in turn,
 # each pinned to the same server core(s) with taskset, the generator on the
-# other cores, the same workloads, RUNS runs each. Writes every run as a JSON
-# line and a markdown table of medians (with ranges).
+# other cores, the same workloads, RUNS runs each: `pairs` (max, rate RATE,
+# rate at half of max), `fanout` 1→FANOUT_K (max), and `idle` (IDLE_CONNS
+# connections, memory per connection, on a fresh server each run). Writes
+# every run as a JSON line and markdown tables of medians (with ranges).
 #
 # Needs (Debian): mosquitto, nats-server, util-linux (taskset), python3.
 # Installs nothing. Builds release binaries of switchboard and loadtest.
@@ -10,13 +12,24 @@
 # Usage: bench/compare.sh [OUT_DIR]
 # Environment (defaults):
 #   RUNS=3 DURATION=5 PAIRS=100 WINDOW=32 SIZE=256 RATE=20000
+#   FANOUT_K=100 IDLE_CONNS=10000 (lowered to what the fd limit allows)
 #   SERVER_CPUS=0 GEN_CPUS=1 GEN_THREADS=1 TARGETS="switchboard nats mosquitto"
+#   WORKLOADS="pairs fanout idle"
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/target/compare}
 RUNS=${RUNS:-3} DURATION=${DURATION:-5} PAIRS=${PAIRS:-100} WINDOW=${WINDOW:-32} SIZE=${SIZE:-256}
 RATE=${RATE:-20000} SERVER_CPUS=${SERVER_CPUS:-0} GEN_CPUS=${GEN_CPUS:-1} GEN_THREADS=${GEN_THREADS:-1}
 TARGETS=${TARGETS:-"switchboard nats mosquitto"}
+FANOUT_K=${FANOUT_K:-100} IDLE_CONNS=${IDLE_CONNS:-10000} WORKLOADS=${WORKLOADS:-"pairs fanout idle"}
+# loadtest raises its soft limit up to the hard one; the servers inherit
+# ours, so raise it here too and keep idle within it.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fd_room=$(( $(ulimit -n) - 200 ))
+if [ "$IDLE_CONNS" -gt "$fd_room" ]; then
+  echo "compare.sh: the open-files limit is $(ulimit -n): idle uses $fd_room connections instead of $IDLE_CONNS" >&2
+  IDLE_CONNS=$fd_room
+fi
 
 for tool in taskset python3 mosquitto nats-server; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "compare.sh needs $tool" >&2; exit 2; }
@@ -59,15 +72,16 @@ start_server() { # target -> sets server_pid and url
       url="ws://127.0.0.1:$port/connect"
       ;;
     mosquitto)
-      printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nmax_queued_messages 100000\n' \
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nmax_queued_messages 100000\nmax_connections -1\n' \
         "$port" >"$tmp/mosquitto.conf"
       taskset -c "$SERVER_CPUS" mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosq.log" 2>&1 &
       server_pid=$!
       url="mqtt://127.0.0.1:$port"
       ;;
     nats)
-      GOMAXPROCS=$(taskset -c "$SERVER_CPUS" nproc) taskset -c "$SERVER_CPUS" nats-server -a 127.0.0.1 -p "$port" \
-        >"$tmp/nats.log" 2>&1 &
+      printf 'max_connections: 1000000\n' >"$tmp/nats.conf"
+      GOMAXPROCS=$(taskset -c "$SERVER_CPUS" nproc) taskset -c "$SERVER_CPUS" nats-server -c "$tmp/nats.conf" \
+        -a 127.0.0.1 -p "$port" >"$tmp/nats.log" 2>&1 &
       server_pid=$!
       url="nats://127.0.0.1:$port"
       ;;
@@ -81,6 +95,11 @@ stop_server() {
   server_pid=""
 }
 
+record() { # target workload-name json-line
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["target"]=sys.argv[2]; d["workload"]=sys.argv[3]; print(json.dumps(d))' \
+    "$3" "$1" "$2" >>"$results"
+}
+
 run() { # target workload-name args...
   local target=$1 name=$2
   shift 2
@@ -88,30 +107,63 @@ run() { # target workload-name args...
   line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" pairs --target "$target" --url "$url" \
     --pairs "$PAIRS" --size "$SIZE" --duration "$DURATION" --threads "$GEN_THREADS" \
     --server-pid "$server_pid" --json "$@")
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["target"]=sys.argv[2]; d["workload"]=sys.argv[3]; print(json.dumps(d))' \
-    "$line" "$target" "$name" >>"$results"
+  record "$target" "$name" "$line"
   echo "$target $name: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d.get("delivered_per_s"), "msg/s", "p99", d.get("latency_us",{}).get("p99"), "us", "lost", d.get("lost"))' "$line")"
 }
 
+run_fanout() { # target
+  local line
+  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" fanout --target "$1" --url "$url" \
+    --receivers "$FANOUT_K" --size "$SIZE" --duration "$DURATION" --threads "$GEN_THREADS" \
+    --mode max --window "$WINDOW" --server-pid "$server_pid" --json)
+  record "$1" "fanout-1to$FANOUT_K" "$line"
+  echo "$1 fanout 1->$FANOUT_K: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["deliveries_per_s"], "deliveries/s", "p99", d["latency_us"]["p99"], "us", "lost", d["lost"])' "$line")"
+}
+
+run_idle() { # target (on a fresh server)
+  local line
+  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" idle --target "$1" --url "$url" \
+    --connections "$IDLE_CONNS" --settle 2 --threads "$GEN_THREADS" --server-pid "$server_pid" --json)
+  record "$1" "idle-$IDLE_CONNS" "$line"
+  echo "$1 idle $IDLE_CONNS: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["bytes_per_connection"]), "bytes/connection,", d["open"], "open")' "$line")"
+}
+
+has() { case " $WORKLOADS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
 for target in $TARGETS; do
   start_server "$target"
-  for i in $(seq 1 "$RUNS"); do
-    run "$target" "max" --mode max --window "$WINDOW"
-  done
-  for i in $(seq 1 "$RUNS"); do
-    run "$target" "rate-$RATE" --mode rate --rate "$RATE"
-  done
-  # Half of this server's median max throughput, measured above.
-  half=$(python3 - "$results" "$target" <<'PY'
+  if has pairs; then
+    for i in $(seq 1 "$RUNS"); do
+      run "$target" "max" --mode max --window "$WINDOW"
+    done
+    for i in $(seq 1 "$RUNS"); do
+      run "$target" "rate-$RATE" --mode rate --rate "$RATE"
+    done
+    # Half of this server's median max throughput, measured above.
+    half=$(python3 - "$results" "$target" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["target"] == sys.argv[2] and json.loads(l)["workload"] == "max"]
 print(int(statistics.median(r["delivered_per_s"] for r in rows) / 2))
 PY
 )
-  for i in $(seq 1 "$RUNS"); do
-    run "$target" "rate-half-max" --mode rate --rate "$half"
-  done
+    for i in $(seq 1 "$RUNS"); do
+      run "$target" "rate-half-max" --mode rate --rate "$half"
+    done
+  fi
+  if has fanout; then
+    for i in $(seq 1 "$RUNS"); do
+      run_fanout "$target"
+    done
+  fi
   stop_server
+  if has idle; then
+    # A fresh server per run: memory is measured from its idle state.
+    for i in $(seq 1 "$RUNS"); do
+      start_server "$target"
+      run_idle "$target"
+      stop_server
+    done
+  fi
 done
 
 python3 - "$results" >"$out/summary.md" <<'PY'
@@ -119,19 +171,31 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(xs):
     return statistics.median(xs), min(xs), max(xs)
-print("| server | workload | delivered/s (median, range) | p50 µs | p99 µs | p99.9 µs | lost | server CPU % |")
-print("|---|---|---|---|---|---|---|---|")
-keys = []
-for r in rows:
-    k = (r["target"], r["workload"])
-    if k not in keys:
-        keys.append(k)
-for t, w in keys:
-    rs = [r for r in rows if r["target"] == t and r["workload"] == w]
-    d = med([r["delivered_per_s"] for r in rs])
-    lat = lambda q: statistics.median(r["latency_us"][q] for r in rs)
-    cpu = statistics.median(r.get("cpu_server_pct") or 0 for r in rs)
-    lost = sum(r["lost"] for r in rs)
-    print(f"| {t} | {w} | {d[0]:,.0f} ({d[1]:,.0f}–{d[2]:,.0f}) | {lat('p50'):,} | {lat('p99'):,} | {lat('p999'):,} | {lost} | {cpu:.0f} |")
+def groups(pred):
+    keys = []
+    for r in rows:
+        k = (r["target"], r["workload"])
+        if pred(r) and k not in keys:
+            keys.append(k)
+    return [(t, w, [r for r in rows if r["target"] == t and r["workload"] == w]) for t, w in keys]
+flow = lambda r: "delivered_per_s" in r or "deliveries_per_s" in r
+if any(flow(r) for r in rows):
+    print("| server | workload | delivered/s (median, range) | p50 µs | p99 µs | p99.9 µs | lost | server CPU % |")
+    print("|---|---|---|---|---|---|---|---|")
+    for t, w, rs in groups(flow):
+        d = med([r.get("delivered_per_s", r.get("deliveries_per_s")) for r in rs])
+        lat = lambda q: statistics.median(r["latency_us"][q] for r in rs)
+        cpu = statistics.median(r.get("cpu_server_pct") or 0 for r in rs)
+        lost = sum(r["lost"] for r in rs)
+        print(f"| {t} | {w} | {d[0]:,.0f} ({d[1]:,.0f}–{d[2]:,.0f}) | {lat('p50'):,} | {lat('p99'):,} | {lat('p999'):,} | {lost} | {cpu:.0f} |")
+idle = lambda r: "bytes_per_connection" in r
+if any(idle(r) for r in rows):
+    print()
+    print("| server | workload | RSS bytes per idle connection (median, range) | connections open after settle |")
+    print("|---|---|---|---|")
+    for t, w, rs in groups(idle):
+        b = med([r["bytes_per_connection"] for r in rs])
+        opened = min(r["open"] for r in rs)
+        print(f"| {t} | {w} | {b[0]:,.0f} ({b[1]:,.0f}–{b[2]:,.0f}) | {opened:,} of {rs[0]['connections']:,} |")
 PY
 cat "$out/summary.md"

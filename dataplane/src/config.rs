@@ -100,11 +100,20 @@ pub enum IoDriver {
 }
 
 /// `[io]` section.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IoConfig {
     /// `auto`, `uring` or `epoll`.
     pub driver: IoDriver,
+    /// io_uring: run completion work when the shard enters the kernel
+    /// rather than interrupting it (`IORING_SETUP_COOP_TASKRUN`).
+    pub uring_coop_taskrun: bool,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        Self { driver: IoDriver::Auto, uring_coop_taskrun: true }
+    }
 }
 
 /// `[limits]` section.

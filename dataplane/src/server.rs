@@ -155,12 +155,16 @@ fn run_shard(
 ) {
     let span = tracing::info_span!("shard", shard = id.0);
     let _enter = span.enter();
+    let coop = shared.config.io.uring_coop_taskrun;
     let main = shard_main(shared, id, listener, grace, ready.clone());
     let result = match driver {
-        IoDriver::Auto => {
-            monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(main))
-        }
+        IoDriver::Auto => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .uring_builder(uring_params(coop))
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(main)),
         IoDriver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .uring_builder(uring_params(coop))
             .enable_timer()
             .build()
             .map(|mut rt| rt.block_on(main)),
@@ -171,6 +175,17 @@ fn run_shard(
     if let Err(e) = result {
         let _ = ready.send(Err(format!("cannot start the {driver:?} I/O driver: {e}")));
     }
+}
+
+/// io_uring settings for a shard's ring: with `coop_taskrun`, completions
+/// are processed when the shard next enters the kernel instead of
+/// interrupting it (IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG).
+fn uring_params(coop_taskrun: bool) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if coop_taskrun {
+        b.setup_coop_taskrun().setup_taskrun_flag();
+    }
+    b
 }
 
 async fn shard_main(shared: Arc<Shared>, id: ShardId, listener: std::net::TcpListener, grace: Duration, ready: Ready) {

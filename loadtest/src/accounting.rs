@@ -6,6 +6,12 @@
 //! since the run's epoch and record the latencies this module returns.
 //! A pair's sender and receiver live on the same generator thread, so one
 //! [`PairLedger`] sees both ends without sharing.
+//!
+//! Fan-out (one sender, K receivers spread over threads): the sender keeps a
+//! [`PairLedger`] for its sends and answers, each receiver a
+//! [`ReceiverLedger`] that decides from the stamp's send time whether a
+//! message belongs to the window, and [`FanoutCounts::new`] puts them
+//! together after the run, receiver by receiver.
 
 use serde::Serialize;
 
@@ -217,6 +223,140 @@ impl PairLedger {
     }
 }
 
+/// One fan-out receiver: which of the sender's messages arrived. A
+/// message is measured when its stamped (intended) send time lies in the
+/// window, the rule [`PairLedger::on_send`] applies on the sender's side.
+#[derive(Debug, Default)]
+pub struct ReceiverLedger {
+    seen: SeqSet,
+    /// One past the highest sequence number received.
+    high: u64,
+    counts: ReceiverCounts,
+}
+
+/// Counts of one fan-out receiver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReceiverCounts {
+    /// Messages of the window received at least once.
+    pub delivered: u64,
+    /// Extra arrivals of a message of the window already received.
+    pub duplicates: u64,
+    /// First arrivals of the window after a higher sequence number.
+    pub out_of_order: u64,
+    /// Arrivals without a valid stamp, or with a sequence number not sent.
+    pub unknown: u64,
+    /// Distinct messages received, warm-up included.
+    pub received_total: u64,
+}
+
+impl ReceiverLedger {
+    /// A receiver that has received nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records an arrival of message `seq` stamped `sent_ns`, received at
+    /// `now_ns`; `sent_upper` is how many messages the sender had taken a
+    /// sequence number for (a larger `seq` is unknown, and never grows the
+    /// set).
+    pub fn on_receive(&mut self, seq: u64, sent_ns: u64, now_ns: u64, window: &Window, sent_upper: u64) -> Arrival {
+        if seq >= sent_upper {
+            self.counts.unknown += 1;
+            return Arrival::Unknown;
+        }
+        let measured = window.contains(sent_ns);
+        if !self.seen.insert(seq) {
+            if measured {
+                self.counts.duplicates += 1;
+            }
+            return Arrival::Duplicate;
+        }
+        self.counts.received_total += 1;
+        let late = seq < self.high;
+        self.high = self.high.max(seq + 1);
+        if !measured {
+            return Arrival::Unmeasured;
+        }
+        self.counts.delivered += 1;
+        if late {
+            self.counts.out_of_order += 1;
+        }
+        Arrival::Measured { latency_ns: now_ns.saturating_sub(sent_ns) }
+    }
+
+    /// Records an arrival that carries no valid stamp of the sender.
+    pub fn on_unknown(&mut self) {
+        self.counts.unknown += 1;
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> ReceiverCounts {
+        self.counts
+    }
+}
+
+/// The counts of a fan-out run: every message of the window is expected
+/// once at every receiver, unless the server refused it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FanoutCounts {
+    /// Receivers.
+    pub receivers: u64,
+    /// Messages sent in the window.
+    pub sent: u64,
+    /// Of those, refused by the server (expected nowhere).
+    pub rejected: u64,
+    /// Deliveries expected: (sent − rejected) × receivers.
+    pub expected: u64,
+    /// Deliveries of messages of the window (first arrivals).
+    pub delivered: u64,
+    /// Expected deliveries that did not happen, summed over receivers.
+    pub lost: u64,
+    /// Receivers that missed at least one message.
+    pub receivers_with_loss: u64,
+    /// The most messages one receiver missed.
+    pub max_lost_per_receiver: u64,
+    /// Extra arrivals, summed over receivers.
+    pub duplicates: u64,
+    /// First arrivals after a higher sequence number, summed over receivers.
+    pub out_of_order: u64,
+    /// Arrivals without a valid stamp, summed over receivers.
+    pub unknown: u64,
+    /// Messages sent, warm-up included.
+    pub sent_total: u64,
+    /// Distinct messages received, warm-up included, summed over receivers.
+    pub received_total: u64,
+    /// Answers to sends received (targets that answer sends).
+    pub answered: u64,
+}
+
+impl FanoutCounts {
+    /// Puts the sender's counts and every receiver's together.
+    pub fn new(sender: &PairCounts, receivers: impl IntoIterator<Item = ReceiverCounts>) -> Self {
+        let per_receiver = sender.sent.saturating_sub(sender.rejected);
+        let mut c = FanoutCounts {
+            sent: sender.sent,
+            rejected: sender.rejected,
+            sent_total: sender.sent_total,
+            answered: sender.answered,
+            ..Self::default()
+        };
+        for r in receivers {
+            c.receivers += 1;
+            let lost = per_receiver.saturating_sub(r.delivered);
+            c.lost += lost;
+            c.receivers_with_loss += u64::from(lost > 0);
+            c.max_lost_per_receiver = c.max_lost_per_receiver.max(lost);
+            c.delivered += r.delivered;
+            c.duplicates += r.duplicates;
+            c.out_of_order += r.out_of_order;
+            c.unknown += r.unknown;
+            c.received_total += r.received_total;
+        }
+        c.expected = per_receiver * c.receivers;
+        c
+    }
+}
+
 /// A growable bit set of sequence numbers. Grows by doubling, so the hot
 /// path allocates only O(log n) times over a run.
 #[derive(Debug, Default)]
@@ -373,6 +513,44 @@ mod tests {
             assert!(!s.insert(seq));
         }
         assert!(s.insert(1));
+    }
+
+    #[test]
+    fn fanout_receivers_measure_by_stamped_send_time() {
+        let mut r = ReceiverLedger::new();
+        assert_eq!(r.on_receive(0, 500, 900, &W, 4), Arrival::Unmeasured);
+        assert_eq!(r.on_receive(2, 1_200, 1_500, &W, 4), Arrival::Measured { latency_ns: 300 });
+        assert_eq!(r.on_receive(1, 1_100, 1_600, &W, 4), Arrival::Measured { latency_ns: 500 });
+        assert_eq!(r.on_receive(1, 1_100, 1_700, &W, 4), Arrival::Duplicate);
+        assert_eq!(r.on_receive(3, 2_000, 2_100, &W, 4), Arrival::Unmeasured);
+        // Beyond what the sender sent: unknown, and the set does not grow.
+        assert_eq!(r.on_receive(1 << 40, 1_100, 1_800, &W, 4), Arrival::Unknown);
+        r.on_unknown();
+        let c = r.counts();
+        assert_eq!(c, ReceiverCounts { delivered: 2, duplicates: 1, out_of_order: 1, unknown: 2, received_total: 4 });
+    }
+
+    #[test]
+    fn fanout_loss_is_exact_per_receiver() {
+        let mut sender = PairLedger::new();
+        for t in [500, 1_100, 1_200, 1_300, 1_400] {
+            sender.on_send(t, &W);
+        }
+        sender.on_answer(Some(4), Answer::Rejected);
+        let sender = sender.counts();
+        assert_eq!((sender.sent, sender.rejected), (4, 1));
+        // Three receivers: one got everything deliverable, one missed one,
+        // one missed two and saw a duplicate.
+        let full = ReceiverCounts { delivered: 3, received_total: 4, ..Default::default() };
+        let one = ReceiverCounts { delivered: 2, received_total: 3, ..Default::default() };
+        let two = ReceiverCounts { delivered: 1, duplicates: 1, received_total: 2, ..Default::default() };
+        let c = FanoutCounts::new(&sender, [full, one, two]);
+        assert_eq!((c.receivers, c.expected, c.delivered, c.lost), (3, 9, 6, 3));
+        assert_eq!((c.receivers_with_loss, c.max_lost_per_receiver, c.duplicates), (2, 2, 1));
+        assert_eq!((c.sent_total, c.received_total), (5, 9));
+        // No receivers: nothing expected, nothing lost.
+        let none = FanoutCounts::new(&sender, []);
+        assert_eq!((none.expected, none.lost), (0, 0));
     }
 
     #[test]

@@ -109,27 +109,27 @@ pub struct ThreadReport {
 }
 
 /// Largest write backlog per connection before senders wait.
-const WRITE_BACKLOG: usize = 1 << 20;
+pub(crate) const WRITE_BACKLOG: usize = 1 << 20;
 /// Read buffer per connection (grows for a larger unit).
-const READ_BUF: usize = 64 * 1024;
+pub(crate) const READ_BUF: usize = 64 * 1024;
 /// A rate-mode thread spins instead of sleeping when the next send is due
 /// sooner than this: epoll sleeps in whole milliseconds (mio rounds up), so
 /// a sleep of `due - SPIN_NS` never wakes late.
-const SPIN_NS: u64 = 1_000_000;
+pub(crate) const SPIN_NS: u64 = 1_000_000;
 /// A closed-loop pair at its limit with no receipt for this long has lost
 /// messages (QoS 0 / core NATS drop); it gets a fresh window.
-const STALL_NS: u64 = 500_000_000;
+pub(crate) const STALL_NS: u64 = 500_000_000;
 /// Longest single poll sleep.
-const MAX_SLEEP: Duration = Duration::from_millis(10);
+pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(10);
 
-struct Conn<C> {
-    stream: TcpStream,
-    proto: C,
-    rbuf: Vec<u8>,
-    rlen: usize,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    alive: bool,
+pub(crate) struct Conn<C> {
+    pub(crate) stream: TcpStream,
+    pub(crate) proto: C,
+    pub(crate) rbuf: Vec<u8>,
+    pub(crate) rlen: usize,
+    pub(crate) wbuf: Vec<u8>,
+    pub(crate) wpos: usize,
+    pub(crate) alive: bool,
 }
 
 struct Slot<C> {
@@ -295,7 +295,12 @@ fn connect_all<P: Protocol>(proto: &P, pairs: Range<usize>, shared: &Shared) -> 
     Ok((slots, layout))
 }
 
-fn open<P: Protocol>(proto: &P, pair: usize, role: Role, timeout: Duration) -> anyhow::Result<Conn<P::Conn>> {
+pub(crate) fn open<P: Protocol>(
+    proto: &P,
+    pair: usize,
+    role: Role,
+    timeout: Duration,
+) -> anyhow::Result<Conn<P::Conn>> {
     let c = proto.connect(pair, role, timeout).with_context(|| format!("pair {pair} {role:?}"))?;
     c.stream.set_nonblocking(true)?;
     let mut rbuf = vec![0u8; READ_BUF.max(c.leftover.len() * 2)];
@@ -414,7 +419,7 @@ fn on_readable<P: Protocol>(
 }
 
 /// Writes the backlog until done or the socket would block.
-fn flush<C>(conn: &mut Conn<C>) -> io::Result<()> {
+pub(crate) fn flush<C>(conn: &mut Conn<C>) -> io::Result<()> {
     while conn.wpos < conn.wbuf.len() {
         match conn.stream.write(&conn.wbuf[conn.wpos..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -3,13 +3,20 @@
 //! It drives Switchboard (WebSocket), Mosquitto (MQTT 3.1.1) and
 //! nats-server (core protocol) with the same workload and reports
 //! delivered/s, loss, duplicates, reordering, hdrhistogram latency
-//! percentiles and the CPU use of generator and server. Today's workload is
-//! `pairs` (P senders → P receivers, 1:1) in closed-loop (`max`) or
-//! open-loop (`rate`, latency from the intended send time) mode.
+//! percentiles and the CPU use of generator and server. Workloads: `pairs`
+//! (P senders → P receivers, 1:1) and `fanout` (1 sender → K receivers of a
+//! room/topic/subject), each in closed-loop (`max`) or open-loop (`rate`,
+//! latency from the intended send time) mode; `idle` (server memory per
+//! idle connection); `connect` (handshakes/s, a reconnect storm); `sink`
+//! (the generator's own ceiling, no server).
 //!
 //! - [`run`]: the command line, the run's timeline (connect, warm-up,
 //!   measured window, drain) and the report;
-//! - [`driver`]: the per-thread event loop (non-blocking sockets on `mio`);
+//! - [`driver`]: the per-thread event loop of `pairs` (non-blocking sockets
+//!   on `mio`); [`fanout`], [`idle`], [`connect`], [`sink`]: the other
+//!   workloads;
+//! - [`html`]: the `--report` page with its SVG percentile plot;
+//! - [`progress`]: the progress bar (only on a terminal);
 //! - [`target`]: one module per protocol behind [`target::Protocol`];
 //! - [`message`]: the envelope every target carries, stamped in place;
 //! - [`accounting`]: pure per-pair counting (window, loss, duplicates,
@@ -20,8 +27,14 @@
 //! bounded in time (connect timeout, warm-up, window, drain).
 
 pub mod accounting;
+pub mod connect;
 pub mod cpu;
 pub mod driver;
+pub mod fanout;
+pub mod html;
+pub mod idle;
 pub mod message;
+pub mod progress;
 pub mod run;
+pub mod sink;
 pub mod target;

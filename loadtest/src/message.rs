@@ -31,6 +31,11 @@ pub fn receiver_user(pair: usize) -> String {
     format!("lt-r-{pair:06}")
 }
 
+/// The room every fan-out receiver of run `nonce` joins.
+pub fn room_name(nonce: u32) -> String {
+    format!("lt-{nonce:08x}")
+}
+
 /// Where the patched fields sit in every message of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -96,10 +101,25 @@ impl Template {
     /// run distinct from other runs'; `created_at_ms` is the envelope's
     /// creation time (ttl 0: the server's maximum).
     pub fn new(pair: usize, size: usize, nonce: u32, created_at_ms: u64) -> anyhow::Result<Self> {
+        Self::to(pair, DestinationKind::User, &receiver_user(pair), size, nonce, created_at_ms)
+    }
+
+    /// Like [`Template::new`], addressed to room `room` (fan-out).
+    pub fn to_room(pair: usize, room: &str, size: usize, nonce: u32, created_at_ms: u64) -> anyhow::Result<Self> {
+        Self::to(pair, DestinationKind::Room, room, size, nonce, created_at_ms)
+    }
+
+    fn to(
+        pair: usize,
+        kind: DestinationKind,
+        receiver: &str,
+        size: usize,
+        nonce: u32,
+        created_at_ms: u64,
+    ) -> anyhow::Result<Self> {
         ensure!(pair <= MAX_PAIRS, "at most {} pairs", MAX_PAIRS + 1);
         ensure!(nonce != 0, "the nonce must not be 0 (ids must not be nil)");
         let sender = sender_user(pair);
-        let receiver = receiver_user(pair);
         let pair32 = u32::try_from(pair).context("pair index")?;
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&nonce.to_be_bytes());
@@ -109,7 +129,7 @@ impl Template {
         let build = |payload_len: usize| -> anyhow::Result<Vec<u8>> {
             let payload = vec![0xa5u8; payload_len];
             let sender = UserId::parse(&sender).context("sender user id")?;
-            let destination = Destination::new(DestinationKind::User, &receiver).context("receiver user id")?;
+            let destination = Destination::new(kind, receiver).context("destination name")?;
             let bytes = EnvelopeBuilder::new(EnvelopeId(id), sender, destination, created_at_ms)
                 .payload(&payload)
                 .build()
@@ -183,6 +203,16 @@ mod tests {
             assert_eq!(layout.read_stamp(&msg), Some(Stamp { pair: 7, seq: 42, sent_ns: 123_456_789 }));
         }
         assert_eq!(Template::new(0, 256, 1, 0).unwrap().layout().len, 256);
+    }
+
+    #[test]
+    fn room_envelopes_are_addressed_to_the_room() {
+        let mut t = Template::to_room(0, &room_name(0xab), 256, 1, 0).unwrap();
+        assert_eq!(t.layout().len, 256);
+        let msg = t.stamp(3, 4).to_vec();
+        let env = Envelope::parse(&msg, &Limits::default()).unwrap();
+        assert_eq!((env.destination().kind(), env.destination().name()), (DestinationKind::Room, "lt-000000ab"));
+        assert_eq!(t.layout().read_stamp(&msg).map(|s| s.seq), Some(3));
     }
 
     #[test]

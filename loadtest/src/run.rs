@@ -15,13 +15,14 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::accounting::{PairCounts, Window};
-use crate::cpu;
 use crate::driver::{self, Mode, Plan, Shared};
-use crate::message::Template;
-use crate::target::Protocol;
+use crate::message::{Layout, Template, room_name};
+use crate::progress::Progress;
 use crate::target::mqtt::Mqtt;
 use crate::target::nats::Nats;
 use crate::target::switchboard::Switchboard;
+use crate::target::{Protocol, Topology};
+use crate::{cpu, html};
 
 /// `loadtest`: drives Switchboard, Mosquitto or nats-server with the same
 /// workload and reports throughput, loss and latency. Loopback targets only.
@@ -38,6 +39,16 @@ pub struct Cli {
 pub enum Command {
     /// P senders to P receivers, 1:1.
     Pairs(PairsArgs),
+    /// 1 sender to K receivers of one room (topic, subject).
+    Fanout(crate::fanout::FanoutArgs),
+    /// N idle authenticated connections: the server's memory per connection.
+    Idle(crate::idle::IdleArgs),
+    /// Connection and handshake rate: C connectors connect, authenticate and
+    /// close in a loop.
+    Connect(crate::connect::ConnectArgs),
+    /// The generator's own ceiling: encode and write into a local sink, no
+    /// server.
+    Sink(crate::sink::SinkArgs),
 }
 
 /// The server kinds.
@@ -52,7 +63,8 @@ pub enum TargetKind {
 }
 
 impl TargetKind {
-    fn name(self) -> &'static str {
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Switchboard => "switchboard",
             Self::Mosquitto => "mosquitto",
@@ -87,9 +99,9 @@ pub enum ModeKind {
     Rate,
 }
 
-/// Flags of `loadtest pairs`.
+/// Flags every workload shares: the target, authentication and output.
 #[derive(Debug, Clone, Args)]
-pub struct PairsArgs {
+pub struct TargetArgs {
     /// The server kind.
     #[arg(long, value_enum)]
     pub target: TargetKind,
@@ -97,6 +109,41 @@ pub struct PairsArgs {
     /// ws://127.0.0.1:8080/connect, mqtt://127.0.0.1:1883, nats://127.0.0.1:4222.
     #[arg(long)]
     pub url: Option<String>,
+    /// The server's process id, to report its CPU use (and, for `idle`, its
+    /// memory).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Print one JSON line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a self-contained HTML report (numbers and a latency
+    /// percentile plot) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Switchboard: file holding the HS256 secret (default: $SWITCHBOARD_JWT_SECRET,
+    /// else <data dir>/jwt-secret).
+    #[arg(long)]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Switchboard: the server's data directory (for its jwt-secret).
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Switchboard: token issuer.
+    #[arg(long, default_value = "switchboard")]
+    pub issuer: String,
+    /// Switchboard: token audience.
+    #[arg(long, default_value = "switchboard")]
+    pub audience: String,
+    /// Bound of each connection's handshake, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub connect_timeout: f64,
+}
+
+/// Flags of `loadtest pairs`.
+#[derive(Debug, Clone, Args)]
+pub struct PairsArgs {
+    /// Target and output.
+    #[command(flatten)]
+    pub common: TargetArgs,
     /// Number of sender→receiver pairs (two connections each).
     #[arg(long, default_value_t = 10)]
     pub pairs: usize,
@@ -125,28 +172,111 @@ pub struct PairsArgs {
     /// Generator threads; each drives its share of the pairs.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// The server's process id, to report its CPU use.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Print one JSON line instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Switchboard: file holding the HS256 secret (default: $SWITCHBOARD_JWT_SECRET,
-    /// else <data dir>/jwt-secret).
-    #[arg(long)]
-    pub jwt_secret_file: Option<PathBuf>,
-    /// Switchboard: the server's data directory (for its jwt-secret).
-    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Switchboard: token issuer.
-    #[arg(long, default_value = "switchboard")]
-    pub issuer: String,
-    /// Switchboard: token audience.
-    #[arg(long, default_value = "switchboard")]
-    pub audience: String,
-    /// Bound of each connection's handshake, seconds.
-    #[arg(long, default_value_t = 5.0)]
-    pub connect_timeout: f64,
+}
+
+/// A validated target: where to connect and how.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The server kind.
+    pub target: TargetKind,
+    /// The URL as given (or the default).
+    pub url: String,
+    /// The resolved loopback address.
+    pub addr: SocketAddr,
+    /// `host[:port]` for the WebSocket upgrade.
+    pub host: String,
+    /// Path for the WebSocket upgrade.
+    pub path: String,
+    /// Handshake bound.
+    pub connect_timeout: Duration,
+}
+
+impl TryFrom<&TargetArgs> for Endpoint {
+    type Error = anyhow::Error;
+
+    fn try_from(a: &TargetArgs) -> anyhow::Result<Self> {
+        let url = a.url.clone().unwrap_or_else(|| a.target.default_url().to_owned());
+        let (scheme, rest) = url.split_once("://").context("--url must look like scheme://host:port[/path]")?;
+        ensure!(
+            a.target.schemes().contains(&scheme),
+            "--url for {} must start with {}://",
+            a.target.name(),
+            a.target.schemes().join(":// or ")
+        );
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr = loopback_addr(host)?;
+        Ok(Self {
+            target: a.target,
+            url: url.clone(),
+            addr,
+            host: host.to_owned(),
+            path: if a.target == TargetKind::Switchboard && path == "/" {
+                "/connect".to_owned()
+            } else {
+                path.to_owned()
+            },
+            connect_timeout: secs(a.connect_timeout, "connect-timeout", 60.0)?,
+        })
+    }
+}
+
+/// A duration flag in seconds, within `0..=max`.
+pub(crate) fn secs(v: f64, name: &str, max: f64) -> anyhow::Result<Duration> {
+    ensure!(v.is_finite() && (0.0..=max).contains(&v), "--{name} must be between 0 and {max} seconds");
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Something generic over the protocol, run with the target's
+/// [`Protocol`] (each target gets its own monomorphised code).
+pub(crate) trait WithProtocol {
+    /// What it returns.
+    type Out;
+    /// Runs with `proto`.
+    fn run<P: Protocol>(self, proto: &P) -> Self::Out;
+}
+
+/// Builds the target's protocol (signing tokens with the Switchboard
+/// secret) and runs `w` with it. `layout` is the run's message layout;
+/// `topology` where messages go.
+pub(crate) fn with_protocol<W: WithProtocol>(
+    args: &TargetArgs,
+    ep: &Endpoint,
+    nonce: u32,
+    layout: Layout,
+    topology: Topology,
+    w: W,
+) -> anyhow::Result<W::Out> {
+    Ok(match ep.target {
+        TargetKind::Switchboard => {
+            let proto = Switchboard::new(
+                ep.addr,
+                ep.host.clone(),
+                ep.path.clone(),
+                jwt_secret(args)?,
+                args.issuer.clone(),
+                args.audience.clone(),
+                layout,
+            );
+            match topology {
+                Topology::Pairs => w.run(&proto),
+                Topology::Fanout => w.run(&proto.with_room(room_name(nonce))),
+            }
+        }
+        TargetKind::Mosquitto => w.run(&Mqtt::new(ep.addr, nonce).with_topology(topology)),
+        TargetKind::Nats => w.run(&Nats::new(ep.addr, nonce).with_topology(topology)),
+    })
+}
+
+/// A random non-zero run nonce and the envelopes' creation time.
+pub(crate) fn run_identity() -> anyhow::Result<(u32, u64)> {
+    let mut nonce = [0u8; 4];
+    getrandom::fill(&mut nonce).context("random nonce")?;
+    let nonce = u32::from_be_bytes(nonce).max(1);
+    let created_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).context("clock before 1970")?.as_millis() as u64;
+    Ok((nonce, created_at_ms))
 }
 
 /// Most pairs one run opens (two sockets each).
@@ -193,10 +323,6 @@ impl TryFrom<&PairsArgs> for RunConfig {
     type Error = anyhow::Error;
 
     fn try_from(a: &PairsArgs) -> anyhow::Result<Self> {
-        let secs = |v: f64, name: &str, max: f64| -> anyhow::Result<Duration> {
-            ensure!(v.is_finite() && (0.0..=max).contains(&v), "--{name} must be between 0 and {max} seconds");
-            Ok(Duration::from_secs_f64(v))
-        };
         ensure!((1..=MAX_RUN_PAIRS).contains(&a.pairs), "--pairs must be 1..={MAX_RUN_PAIRS}");
         ensure!((1..=256).contains(&a.threads), "--threads must be 1..=256");
         ensure!(a.size <= 65_536, "--size must be at most 65536 bytes");
@@ -212,29 +338,13 @@ impl TryFrom<&PairsArgs> for RunConfig {
             (ModeKind::Max, Some(_)) => bail!("--rate only applies to --mode rate"),
             (ModeKind::Max, None) => 0.0,
         };
-        let url = a.url.clone().unwrap_or_else(|| a.target.default_url().to_owned());
-        let (scheme, rest) = url.split_once("://").context("--url must look like scheme://host:port[/path]")?;
-        ensure!(
-            a.target.schemes().contains(&scheme),
-            "--url for {} must start with {}://",
-            a.target.name(),
-            a.target.schemes().join(":// or ")
-        );
-        let (host, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let addr = loopback_addr(host)?;
+        let ep = Endpoint::try_from(&a.common)?;
         Ok(Self {
-            target: a.target,
-            url: url.clone(),
-            addr,
-            host: host.to_owned(),
-            path: if a.target == TargetKind::Switchboard && path == "/" {
-                "/connect".to_owned()
-            } else {
-                path.to_owned()
-            },
+            target: ep.target,
+            url: ep.url,
+            addr: ep.addr,
+            host: ep.host,
+            path: ep.path,
             pairs: a.pairs,
             size: a.size,
             mode: a.mode,
@@ -244,8 +354,8 @@ impl TryFrom<&PairsArgs> for RunConfig {
             warmup: secs(a.warmup, "warmup", 600.0)?,
             drain: secs(a.drain, "drain", 600.0)?,
             threads: a.threads.min(a.pairs),
-            server_pid: a.server_pid,
-            connect_timeout: secs(a.connect_timeout, "connect-timeout", 60.0)?,
+            server_pid: a.common.server_pid,
+            connect_timeout: ep.connect_timeout,
         })
     }
 }
@@ -262,7 +372,7 @@ pub fn loopback_addr(host_port: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
     /// Measured first arrivals recorded.
     pub samples: u64,
@@ -278,6 +388,62 @@ pub struct Latency {
     pub p999: f64,
     /// Largest.
     pub max: f64,
+    /// (percentile, µs) points for the HTML plot; not in the JSON.
+    #[serde(skip)]
+    pub curve: Vec<(f64, f64)>,
+}
+
+impl Latency {
+    /// Summarises a histogram of nanoseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let us = |ns: u64| ns as f64 / 1e3;
+        Self {
+            samples: h.len(),
+            mean: h.mean() / 1e3,
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            curve: if h.is_empty() {
+                Vec::new()
+            } else {
+                html::percentiles().into_iter().map(|p| (p, us(h.value_at_quantile(p / 100.0)))).collect()
+            },
+        }
+    }
+
+    /// The table line.
+    pub fn line(&self) -> String {
+        format!(
+            "p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  ({} samples)",
+            self.p50, self.p90, self.p99, self.p999, self.max, self.samples
+        )
+    }
+}
+
+/// A workload's result: one JSON line, a table, an HTML report.
+pub trait Outcome: Serialize {
+    /// The human-readable table.
+    fn table(&self) -> String;
+    /// The latency to plot, if the workload measures one.
+    fn latency(&self) -> Option<&Latency>;
+    /// The report's title.
+    fn title(&self) -> String;
+}
+
+/// Prints `report` as `--json` or a table, and writes `--report`.
+pub fn emit<R: Outcome>(common: &TargetArgs, report: &R) -> anyhow::Result<()> {
+    if common.json {
+        println!("{}", serde_json::to_string(report).context("serializing the report")?);
+    } else {
+        println!("{}", report.table());
+    }
+    if let Some(path) = &common.report {
+        let page = html::render(&report.title(), &serde_json::to_value(report)?, report.latency());
+        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// One refusal code and how often it came.
@@ -344,11 +510,9 @@ pub struct Report {
 /// Runs `loadtest pairs`.
 pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
     let cfg = RunConfig::try_from(args)?;
+    let ep = Endpoint::try_from(&args.common)?;
     raise_fd_limit(2 * cfg.pairs as u64 + 64)?;
-    let mut nonce = [0u8; 4];
-    getrandom::fill(&mut nonce).context("random nonce")?;
-    let nonce = u32::from_be_bytes(nonce).max(1);
-    let created_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).context("clock before 1970")?.as_millis() as u64;
+    let (nonce, created_at_ms) = run_identity()?;
     let layout = Template::new(0, cfg.size, nonce, created_at_ms)?.layout();
     let shared = Shared {
         epoch: Instant::now(),
@@ -360,23 +524,14 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
         nonce,
         created_at_ms,
     };
-    let mut report = match cfg.target {
-        TargetKind::Switchboard => {
-            let secret = jwt_secret(args)?;
-            let proto = Switchboard::new(
-                cfg.addr,
-                cfg.host.clone(),
-                cfg.path.clone(),
-                secret,
-                args.issuer.clone(),
-                args.audience.clone(),
-                layout,
-            );
-            execute(&proto, &cfg, &shared)?
+    struct Pairs<'a>(&'a RunConfig, &'a Shared);
+    impl WithProtocol for Pairs<'_> {
+        type Out = anyhow::Result<Report>;
+        fn run<P: Protocol>(self, proto: &P) -> Self::Out {
+            execute(proto, self.0, self.1)
         }
-        TargetKind::Mosquitto => execute(&Mqtt::new(cfg.addr, nonce), &cfg, &shared)?,
-        TargetKind::Nats => execute(&Nats::new(cfg.addr, nonce), &cfg, &shared)?,
-    };
+    }
+    let mut report = with_protocol(&args.common, &ep, nonce, layout, Topology::Pairs, Pairs(&cfg, &shared))??;
     report.message_bytes = layout.len;
     Ok(report)
 }
@@ -384,7 +539,7 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
 /// The HS256 secret: `--jwt-secret-file`, else `SWITCHBOARD_JWT_SECRET`,
 /// else `<data dir>/jwt-secret` (the server's default data directory if
 /// none is given).
-fn jwt_secret(args: &PairsArgs) -> anyhow::Result<Vec<u8>> {
+fn jwt_secret(args: &TargetArgs) -> anyhow::Result<Vec<u8>> {
     let from_file = |p: &std::path::Path| -> anyhow::Result<Vec<u8>> {
         let mut s = std::fs::read(p).with_context(|| format!("reading the JWT secret {}", p.display()))?;
         while s.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
@@ -445,10 +600,12 @@ fn execute<P: Protocol>(proto: &P, cfg: &RunConfig, shared: &Shared) -> anyhow::
         shared.barrier.wait();
         let (mut cpu_gen, mut cpu_srv) = (None, None);
         if connected {
-            sleep_until(shared, window.start_ns);
+            let bar = Progress::time("pairs", send_start_ns, window.end_ns);
+            sleep_until(shared, window.start_ns, &bar);
             let t0 = Instant::now();
             let (g0, s0) = (cpu::cpu_time(None), cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p))));
-            sleep_until(shared, window.end_ns);
+            sleep_until(shared, window.end_ns, &bar);
+            bar.finish();
             let wall = t0.elapsed();
             let (g1, s1) = (cpu::cpu_time(None), cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p))));
             cpu_gen = cpu::percent(g0, g1, wall);
@@ -484,7 +641,6 @@ fn execute<P: Protocol>(proto: &P, cfg: &RunConfig, shared: &Shared) -> anyhow::
             }
         }
         let secs = window.secs();
-        let us = |ns: u64| ns as f64 / 1e3;
         Ok(Report {
             workload: "pairs",
             target: cfg.target.name(),
@@ -503,15 +659,7 @@ fn execute<P: Protocol>(proto: &P, cfg: &RunConfig, shared: &Shared) -> anyhow::
             counts,
             sent_per_s: counts.sent as f64 / secs,
             delivered_per_s: counts.delivered as f64 / secs,
-            latency_us: Latency {
-                samples: latency.len(),
-                mean: latency.mean() / 1e3,
-                p50: us(latency.value_at_quantile(0.5)),
-                p90: us(latency.value_at_quantile(0.9)),
-                p99: us(latency.value_at_quantile(0.99)),
-                p999: us(latency.value_at_quantile(0.999)),
-                max: us(latency.max()),
-            },
+            latency_us: Latency::of(&latency),
             cpu_generator_pct: cpu_gen,
             cpu_server_pct: cpu_srv,
             drain_s: finished.saturating_sub(window.end_ns) as f64 / 1e9,
@@ -526,7 +674,7 @@ fn execute<P: Protocol>(proto: &P, cfg: &RunConfig, shared: &Shared) -> anyhow::
 
 /// Raises the soft open-files limit to at least `need` (up to the hard
 /// limit): each pair holds two sockets.
-fn raise_fd_limit(need: u64) -> anyhow::Result<()> {
+pub(crate) fn raise_fd_limit(need: u64) -> anyhow::Result<()> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into the struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
@@ -548,13 +696,15 @@ fn raise_fd_limit(need: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sleep_until(shared: &Shared, t_ns: u64) {
+/// Sleeps until `t_ns` on the run's clock, moving the progress bar.
+pub(crate) fn sleep_until(shared: &Shared, t_ns: u64, bar: &Progress) {
     loop {
         let now = shared.now_ns();
+        bar.at(now);
         if now >= t_ns {
             return;
         }
-        std::thread::sleep(Duration::from_nanos(t_ns - now));
+        std::thread::sleep(Duration::from_nanos(t_ns - now).min(Progress::TICK));
     }
 }
 
@@ -564,9 +714,16 @@ fn split(pairs: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
     (0..threads).map(|i| (pairs * i / threads)..(pairs * (i + 1) / threads)).collect()
 }
 
-impl Report {
-    /// The human-readable table.
-    pub fn table(&self) -> String {
+impl Outcome for Report {
+    fn latency(&self) -> Option<&Latency> {
+        Some(&self.latency_us)
+    }
+
+    fn title(&self) -> String {
+        format!("loadtest pairs: {} ({} pairs)", self.target, self.pairs)
+    }
+
+    fn table(&self) -> String {
         use std::fmt::Write;
         let c = &self.counts;
         let pace = match (self.in_flight, self.rate) {
@@ -596,11 +753,7 @@ impl Report {
             "  lost {}  duplicates {}  out-of-order {}  rejected {}  offline {}  unknown {}",
             c.lost, c.duplicates, c.out_of_order, c.rejected, c.offline, c.unknown
         );
-        let _ = writeln!(
-            s,
-            "  latency µs    p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  ({} samples)",
-            l.p50, l.p90, l.p99, l.p999, l.max, l.samples
-        );
+        let _ = writeln!(s, "  latency µs    {}", l.line());
         let _ = writeln!(
             s,
             "  cpu           generator {}  server {}",
@@ -634,6 +787,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Pairs(a) => a,
+            other => panic!("{other:?}"),
         }
     }
 

@@ -1,5 +1,6 @@
-//! End-to-end smoke tests of the load generator: a short, low-rate `pairs`
-//! run of the real `loadtest` binary against a fresh `switchboard serve`,
+//! End-to-end smoke tests of the load generator: short, low-rate `pairs`
+//! and `fanout` runs, a few `idle` connections and a short `connect` storm
+//! of the real `loadtest` binary against a fresh `switchboard serve`,
 //! Mosquitto and nats-server (each started here on a loopback port with a
 //! temp directory and stopped by PID), checking that the JSON report's
 //! counts are consistent and nothing was lost. No timing assertions.
@@ -49,6 +50,133 @@ fn pairs_against_nats_loses_nothing() {
     check_consistent(&report);
 }
 
+/// Receivers of the fan-out smoke runs.
+const RECEIVERS: u64 = 5;
+/// Messages per second sent in the fan-out smoke runs.
+const FANOUT_RATE: u64 = 50;
+
+/// A one-second fan-out run at a low rate: every receiver gets every message.
+fn fanout(server: &Server, target: &str, extra: &[&str]) -> Value {
+    let (url, mut flags) = target_flags(server, target);
+    flags.extend(extra.iter().map(|s| (*s).to_owned()));
+    let (k, rate) = (RECEIVERS.to_string(), FANOUT_RATE.to_string());
+    let mut args = vec!["--receivers", &k, "--mode", "rate", "--rate", &rate, "--duration", "1", "--warmup", "0.3"];
+    args.extend(["--drain", "10"]);
+    args.extend(flags.iter().map(String::as_str));
+    let r = run_json(server, "fanout", target, &url, &args);
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("no {k} in {r}"));
+    assert!(n("sent") > 0 && n("sent") <= FANOUT_RATE + 1, "{r}");
+    assert_eq!(n("receivers"), RECEIVERS, "{r}");
+    assert_eq!(n("expected"), n("sent") * RECEIVERS, "{r}");
+    assert_eq!(n("delivered"), n("expected"), "{r}");
+    for k in ["lost", "receivers_with_loss", "max_lost_per_receiver", "duplicates", "out_of_order", "unknown"] {
+        assert_eq!(n(k), 0, "{k}: {r}");
+    }
+    for k in ["rejected", "disconnects"] {
+        assert_eq!(n(k), 0, "{k}: {r}");
+    }
+    assert!(n("received_total") >= n("delivered") && n("received_total") <= n("sent_total") * RECEIVERS, "{r}");
+    assert_eq!(r["latency_us"]["samples"].as_u64(), Some(n("delivered")), "{r}");
+    assert_eq!(r["complete"], true, "{r}");
+    assert_eq!(r["workload"], "fanout", "{r}");
+    r
+}
+
+#[test]
+fn fanout_against_switchboard_reaches_every_receiver() {
+    let server = Server::switchboard();
+    let html = server.dir.path().join("fanout.html");
+    let r = fanout(&server, "switchboard", &["--report", path_str(&html)]);
+    // Every send is answered once the room has it.
+    assert_eq!(r["answered"], r["sent_total"], "{r}");
+    let page = std::fs::read_to_string(&html).expect("--report wrote the page");
+    assert!(page.contains("<svg") && page.contains("<polyline") && !page.contains("<script"), "{page}");
+}
+
+#[test]
+fn fanout_against_mosquitto_reaches_every_receiver() {
+    let server = Server::mosquitto();
+    fanout(&server, "mosquitto", &[]);
+}
+
+#[test]
+fn fanout_against_nats_reaches_every_receiver() {
+    let server = Server::nats();
+    fanout(&server, "nats", &[]);
+}
+
+/// Opens a few idle connections and checks the memory report.
+fn idle(server: &Server, target: &str) -> Value {
+    let (url, flags) = target_flags(server, target);
+    let mut args = vec!["--connections", "50", "--settle", "0.2", "--threads", "2"];
+    args.extend(flags.iter().map(String::as_str));
+    let r = run_json(server, "idle", target, &url, &args);
+    assert_eq!(r["connections"], 50, "{r}");
+    assert_eq!(r["open"], 50, "every connection is still open: {r}");
+    let kib = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("no {k} in {r}"));
+    assert!(kib("rss_before_kib") > 0 && kib("rss_after_kib") > 0, "{r}");
+    let per = r["bytes_per_connection"].as_f64().expect("bytes_per_connection");
+    let growth = (kib("rss_after_kib") as f64 - kib("rss_before_kib") as f64) * 1024.0;
+    assert!((per * 50.0 - growth).abs() < 1.0, "{r}");
+    r
+}
+
+#[test]
+fn idle_against_switchboard_reports_memory_per_connection() {
+    idle(&Server::switchboard(), "switchboard");
+}
+
+#[test]
+fn idle_against_mosquitto_reports_memory_per_connection() {
+    idle(&Server::mosquitto(), "mosquitto");
+}
+
+#[test]
+fn idle_against_nats_reports_memory_per_connection() {
+    idle(&Server::nats(), "nats");
+}
+
+/// A short reconnect storm: handshakes complete and none fails.
+fn connect(server: &Server, target: &str) -> Value {
+    let (url, flags) = target_flags(server, target);
+    let mut args = vec!["--concurrency", "2", "--duration", "0.5", "--warmup", "0.1"];
+    args.extend(flags.iter().map(String::as_str));
+    let r = run_json(server, "connect", target, &url, &args);
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("no {k} in {r}"));
+    assert!(n("connects") > 0, "{r}");
+    assert_eq!(n("failures"), 0, "{r}");
+    assert!(r["first_error"].is_null(), "{r}");
+    assert_eq!(r["handshake_latency_us"]["samples"].as_u64(), Some(n("connects")), "{r}");
+    assert!(r["cpu_server_pct"].is_number(), "--server-pid was given: {r}");
+    r
+}
+
+#[test]
+fn connect_against_switchboard_completes_handshakes() {
+    connect(&Server::switchboard(), "switchboard");
+}
+
+#[test]
+fn connect_against_mosquitto_completes_handshakes() {
+    connect(&Server::mosquitto(), "mosquitto");
+}
+
+#[test]
+fn connect_against_nats_completes_handshakes() {
+    connect(&Server::nats(), "nats");
+}
+
+#[test]
+fn idle_needs_the_server_pid() {
+    let out = Command::new(bin("loadtest"))
+        .args(["idle", "--target", "nats", "--url", "nats://127.0.0.1:1", "--connections", "1"])
+        .output()
+        .expect("run loadtest");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--server-pid"), "{err}");
+}
+
 #[test]
 fn non_loopback_targets_are_refused_before_connecting() {
     let out = Command::new(bin("loadtest"))
@@ -82,14 +210,8 @@ fn check_consistent(r: &Value) {
 
 /// Runs `loadtest pairs --json` in rate mode and returns its report.
 fn loadtest(server: &Server, target: &str, url: &str, extra: &[&str]) -> Value {
-    let pid = server.child.id().to_string();
     let (rate, pairs, seconds) = (RATE.to_string(), PAIRS.to_string(), SECONDS.to_string());
     let mut args = vec![
-        "pairs",
-        "--target",
-        target,
-        "--url",
-        url,
         "--pairs",
         &pairs,
         "--mode",
@@ -102,10 +224,28 @@ fn loadtest(server: &Server, target: &str, url: &str, extra: &[&str]) -> Value {
         "0.5",
         "--drain",
         "10",
-        "--server-pid",
-        &pid,
-        "--json",
     ];
+    args.extend_from_slice(extra);
+    run_json(server, "pairs", target, url, &args)
+}
+
+/// The `--url` and extra flags of `server` as a `target`.
+fn target_flags(server: &Server, target: &str) -> (String, Vec<String>) {
+    match target {
+        "switchboard" => (
+            format!("ws://{}/connect", server.addr),
+            vec!["--data-dir".to_owned(), path_str(server.dir.path()).to_owned()],
+        ),
+        "mosquitto" => (format!("mqtt://{}", server.addr), Vec::new()),
+        _ => (format!("nats://{}", server.addr), Vec::new()),
+    }
+}
+
+/// Runs `loadtest <workload> --json` against `server` with `--server-pid`
+/// and returns its report.
+fn run_json(server: &Server, workload: &str, target: &str, url: &str, extra: &[&str]) -> Value {
+    let pid = server.child.id().to_string();
+    let mut args = vec![workload, "--target", target, "--url", url, "--server-pid", &pid, "--json"];
     args.extend_from_slice(extra);
     let mut child = Command::new(bin("loadtest"))
         .args(&args)

@@ -25,8 +25,23 @@ pub mod switchboard;
 pub enum Role {
     /// Sends the pair's messages (and reads the server's answers).
     Sender,
-    /// Receives the pair's messages.
+    /// Receives the pair's messages (subscribes, or joins the room).
     Receiver,
+    /// Connects and authenticates only (`idle`, `connect`): no
+    /// subscription.
+    Idle,
+}
+
+/// Where a run's messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// Pair `i`'s sender to pair `i`'s receiver (a user, topic or subject
+    /// per pair).
+    #[default]
+    Pairs,
+    /// One sender to every receiver: one room, topic or subject for the
+    /// whole run.
+    Fanout,
 }
 
 /// Something received on a connection.
@@ -79,6 +94,14 @@ pub trait Protocol: Sync {
     /// Opens, authenticates and (for a receiver) subscribes connection
     /// `role` of pair `pair`. Blocking, bounded by `timeout`.
     fn connect(&self, pair: usize, role: Role, timeout: Duration) -> anyhow::Result<Connected<Self::Conn>>;
+
+    /// What a client sends before closing politely (WebSocket close, MQTT
+    /// DISCONNECT); may be empty.
+    const GOODBYE: &'static [u8];
+
+    /// The sending state of connection `pair` without a server, to measure
+    /// the generator's own encode-and-write ceiling (`loadtest sink`).
+    fn offline_conn(&self, pair: usize) -> Self::Conn;
 
     /// Appends one message (the envelope bytes `msg`) for the pair's receiver.
     fn encode_message(conn: &Self::Conn, out: &mut Vec<u8>, msg: &[u8]);

@@ -1,6 +1,6 @@
 //! Mosquitto (any MQTT 3.1.1 broker) over TCP: each receiver subscribes at
-//! QoS 0 to its own topic `lt/<nonce>/<pair>`, each sender publishes there
-//! at QoS 0. QoS 0 has no answers, so the closed loop counts receipts.
+//! QoS 0 to its own topic `lt/<nonce>/<pair>` (fan-out: every receiver to
+//! `lt/<nonce>/all`), each sender publishes there at QoS 0. QoS 0 has no answers, so the closed loop counts receipts.
 //!
 //! The few packets needed (CONNECT/CONNACK, SUBSCRIBE/SUBACK, PUBLISH,
 //! PINGRESP) are written by hand from the 3.1.1 specification: the
@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure};
 
-use super::{Connected, Inbound, ProtoError, Protocol, Role, read_until, tcp_connect, write_all};
+use super::{Connected, Inbound, ProtoError, Protocol, Role, Topology, read_until, tcp_connect, write_all};
 
 /// The Mosquitto target.
 #[derive(Debug)]
 pub struct Mqtt {
     addr: SocketAddr,
     nonce: u32,
+    topology: Topology,
 }
 
 /// One MQTT connection's state: the topic it publishes to.
@@ -33,21 +34,39 @@ pub struct MqttConn {
 impl Mqtt {
     /// A broker at `addr`; `nonce` keeps this run's topics apart.
     pub fn new(addr: SocketAddr, nonce: u32) -> Self {
-        Self { addr, nonce }
+        Self { addr, nonce, topology: Topology::Pairs }
+    }
+
+    /// The same broker with every message on one topic (fan-out).
+    pub fn with_topology(self, topology: Topology) -> Self {
+        Self { topology, ..self }
     }
 
     fn topic(&self, pair: usize) -> Vec<u8> {
-        format!("lt/{:08x}/{pair:06}", self.nonce).into_bytes()
+        match self.topology {
+            Topology::Pairs => format!("lt/{:08x}/{pair:06}", self.nonce).into_bytes(),
+            Topology::Fanout => format!("lt/{:08x}/all", self.nonce).into_bytes(),
+        }
     }
 }
 
 impl Protocol for Mqtt {
     type Conn = MqttConn;
     const ANSWERS: bool = false;
+    const GOODBYE: &'static [u8] = &[0xe0, 0x00];
+
+    fn offline_conn(&self, pair: usize) -> MqttConn {
+        MqttConn { topic: self.topic(pair) }
+    }
 
     fn connect(&self, pair: usize, role: Role, timeout: Duration) -> anyhow::Result<Connected<MqttConn>> {
         let mut stream = tcp_connect(self.addr, timeout)?;
-        let client_id = format!("lt-{:08x}-{}-{pair:06}", self.nonce, if role == Role::Sender { 's' } else { 'r' });
+        let kind = match role {
+            Role::Sender => 's',
+            Role::Receiver => 'r',
+            Role::Idle => 'i',
+        };
+        let client_id = format!("lt-{:08x}-{kind}-{pair:06}", self.nonce);
         // CONNECT: protocol "MQTT" level 4, clean session, keep-alive off
         // (a receiver sends nothing during a run).
         let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0];

@@ -1,5 +1,6 @@
 //! nats-server over TCP, core protocol: each receiver subscribes to its own
-//! subject `lt.<nonce>.<pair>`, each sender publishes there. Core NATS has
+//! subject `lt.<nonce>.<pair>` (fan-out: every receiver to `lt.<nonce>.all`),
+//! each sender publishes there. Core NATS has
 //! no answers, so the closed loop counts receipts.
 //!
 //! A minimal hand-written client (`CONNECT`, `SUB`, `PUB`, `PING`/`PONG`,
@@ -12,13 +13,14 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::{Connected, Inbound, ProtoError, Protocol, Role, find, read_until, tcp_connect, write_all};
+use super::{Connected, Inbound, ProtoError, Protocol, Role, Topology, find, read_until, tcp_connect, write_all};
 
 /// The nats-server target.
 #[derive(Debug)]
 pub struct Nats {
     addr: SocketAddr,
     nonce: u32,
+    topology: Topology,
 }
 
 /// One NATS connection's state: the `PUB <subject> ` prefix it sends.
@@ -30,16 +32,33 @@ pub struct NatsConn {
 impl Nats {
     /// A server at `addr`; `nonce` keeps this run's subjects apart.
     pub fn new(addr: SocketAddr, nonce: u32) -> Self {
-        Self { addr, nonce }
+        Self { addr, nonce, topology: Topology::Pairs }
+    }
+
+    /// The same server with every message on one subject (fan-out).
+    pub fn with_topology(self, topology: Topology) -> Self {
+        Self { topology, ..self }
+    }
+
+    fn subject(&self, pair: usize) -> String {
+        match self.topology {
+            Topology::Pairs => format!("lt.{:08x}.{pair:06}", self.nonce),
+            Topology::Fanout => format!("lt.{:08x}.all", self.nonce),
+        }
     }
 }
 
 impl Protocol for Nats {
     type Conn = NatsConn;
     const ANSWERS: bool = false;
+    const GOODBYE: &'static [u8] = b"";
+
+    fn offline_conn(&self, pair: usize) -> NatsConn {
+        NatsConn { pub_prefix: format!("PUB {} ", self.subject(pair)).into_bytes() }
+    }
 
     fn connect(&self, pair: usize, role: Role, timeout: Duration) -> anyhow::Result<Connected<NatsConn>> {
-        let subject = format!("lt.{:08x}.{pair:06}", self.nonce);
+        let subject = self.subject(pair);
         let mut stream = tcp_connect(self.addr, timeout)?;
         let mut buf = Vec::new();
         let info_end = read_until(&mut stream, &mut buf, timeout, |b| Ok(find(b, b"\r\n").map(|i| i + 2)))?;

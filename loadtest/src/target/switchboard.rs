@@ -1,5 +1,7 @@
 //! Switchboard over WebSocket: `send` frames out, `accepted`/`error`
 //! answers and `deliver` frames in, a `delivery-ack` for every delivery.
+//! For fan-out every receiver joins one room (`join-room`, awaiting `done`)
+//! during its handshake.
 //!
 //! A minimal client side of RFC 6455, enough for a well-behaved server:
 //! one frame per message (the server does not fragment), client frames
@@ -14,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use switchboard_protocol::frame::{FRAME_HEADER_LEN, SEND_HEADER};
-use switchboard_protocol::{EnvelopeId, Frame, Limits, Outcome};
+use switchboard_protocol::{EnvelopeId, Frame, Limits, Outcome, RoomName};
 
 use super::{Connected, Inbound, ProtoError, Protocol, Role, find, read_until, tcp_connect, write_all};
 use crate::accounting::Answer;
@@ -33,6 +35,7 @@ pub struct Switchboard {
     issuer: String,
     audience: String,
     layout: Layout,
+    room: Option<String>,
 }
 
 /// One WebSocket connection's state.
@@ -54,7 +57,19 @@ impl Switchboard {
         audience: String,
         layout: Layout,
     ) -> Self {
-        Self { addr, host, path, secret, issuer, audience, layout }
+        Self { addr, host, path, secret, issuer, audience, layout, room: None }
+    }
+
+    /// The same target where every receiver joins `room` (fan-out).
+    pub fn with_room(self, room: String) -> Self {
+        Self { room: Some(room), ..self }
+    }
+
+    fn conn_state(&self) -> WsConn {
+        WsConn {
+            id_off: self.layout.id_off,
+            limits: Limits::default().with_max_envelope_len(switchboard_protocol::limits::MAX_ENVELOPE_LEN_CEILING),
+        }
     }
 
     fn token(&self, user: &str) -> anyhow::Result<String> {
@@ -79,11 +94,18 @@ impl Switchboard {
 impl Protocol for Switchboard {
     type Conn = WsConn;
     const ANSWERS: bool = true;
+    /// A masked (zero key) close frame without a status.
+    const GOODBYE: &'static [u8] = &[0x80 | OP_CLOSE, 0x80, 0, 0, 0, 0];
+
+    fn offline_conn(&self, _pair: usize) -> WsConn {
+        self.conn_state()
+    }
 
     fn connect(&self, pair: usize, role: Role, timeout: Duration) -> anyhow::Result<Connected<WsConn>> {
         let user = match role {
             Role::Sender => sender_user(pair),
             Role::Receiver => receiver_user(pair),
+            Role::Idle => format!("lt-i-{pair:06}"),
         };
         let token = self.token(&user)?;
         let mut stream = tcp_connect(self.addr, timeout)?;
@@ -101,14 +123,19 @@ impl Protocol for Switchboard {
             let head = String::from_utf8_lossy(&buf[..end]);
             bail!("{user}: the server refused the upgrade: {}", head.lines().next().unwrap_or_default());
         }
-        Ok(Connected {
-            stream,
-            conn: WsConn {
-                id_off: self.layout.id_off,
-                limits: Limits::default().with_max_envelope_len(switchboard_protocol::limits::MAX_ENVELOPE_LEN_CEILING),
-            },
-            leftover: buf.split_off(end),
-        })
+        buf.drain(..end);
+        if let (Role::Receiver, Some(room)) = (role, &self.room) {
+            let join = Frame::JoinRoom { request_id: 1, room: RoomName::parse(room).context("room name")? };
+            let mut out = Vec::new();
+            client_header(&mut out, join.encoded_len(), OP_BINARY);
+            join.encode(&mut out);
+            write_all(&mut stream, &out)?;
+            let limits = Limits::default();
+            let end = read_until(&mut stream, &mut buf, timeout, |b| joined(b, &limits))
+                .with_context(|| format!("{user}: joining room {room}"))?;
+            buf.drain(..end);
+        }
+        Ok(Connected { stream, conn: self.conn_state(), leftover: buf })
     }
 
     fn encode_message(_conn: &WsConn, out: &mut Vec<u8>, msg: &[u8]) {
@@ -144,6 +171,25 @@ impl Protocol for Switchboard {
         }
         Ok(pos)
     }
+}
+
+/// The length of the server frames up to and including the `done` that
+/// answers join request 1; `None` until it arrived.
+fn joined(buf: &[u8], limits: &Limits) -> anyhow::Result<Option<usize>> {
+    let mut pos = 0;
+    while let Some((opcode, payload, next)) = server_frame(&buf[pos..])? {
+        let payload = &buf[pos + payload.start..pos + payload.end];
+        pos += next;
+        if opcode != OP_BINARY {
+            continue;
+        }
+        match Frame::decode(payload, limits)? {
+            Frame::Done { request_id: 1 } => return Ok(Some(pos)),
+            Frame::Error(e) => bail!("the server refused to join: code {} {}", e.code, e.reason),
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 const OP_BINARY: u8 = 0x2;
