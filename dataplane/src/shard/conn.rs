@@ -24,7 +24,7 @@ use switchboard_protocol::{Destination, Envelope, ErrorCode, Frame, Limits};
 use tracing::Instrument;
 
 use super::write::{Out, WriteBatch};
-use super::{ConnId, ConnPermit, Member, Msg, Protocol, Reply, Shard, WriterPoll};
+use super::{ConnId, ConnPermit, Member, Msg, Protocol, Reply, Shard, WriterPoll, shutdown_socket};
 use crate::auth::Identity;
 use crate::frontend::http::{self, RequestHead};
 use crate::frontend::ws::{self, WsDecoder, WsEvent};
@@ -418,6 +418,7 @@ async fn drive_websocket(
     tracing::debug!(%peer, "connected");
     let Io { stream, tls, mut raw } = io;
     let fd = stream.as_raw_fd();
+    shard.with_conn(id, |c| c.fd = Some(fd));
     let tls = tls.map(|t| Rc::new(RefCell::new(*t)));
     let (mut rd, wr) = stream.into_split();
     monoio::spawn(write_loop(shard.clone(), id, wr, fd, tls.clone()).instrument(tracing::Span::current()));
@@ -443,14 +444,14 @@ async fn drive_websocket(
                     let code = e.close_code();
                     shard.with_conn(id, |c| {
                         c.out.push(Out::Owned(ws::close_frame(code, &e.to_string())));
-                        c.closing = Some(ErrorCode::MalformedFrame);
+                        c.set_closing(ErrorCode::MalformedFrame);
                     });
                     shard.reply_wake(id);
                     break 'conn;
                 }
             }
         }
-        if shard.with_conn(id, |c| c.closing.is_some()).unwrap_or(true) {
+        if shard.with_conn(id, |c| c.is_closing()).unwrap_or(true) {
             // Closing: stop reading; the writer flushes the close frame.
             break;
         }
@@ -488,8 +489,10 @@ async fn drive_websocket(
         }
     }
     // Let the writer flush a pending close frame before the socket goes.
-    let flushed = poll_fn(|cx| shard.wait_flushed(id, cx.waker()));
-    let _ = monoio::time::timeout(Duration::from_secs(2), flushed).await;
+    // Bounded without a timer per connection: the tick shuts the socket
+    // of a close that takes longer than CLOSE_DEADLINE.
+    shard.with_conn(id, |c| c.set_closing(ErrorCode::ShuttingDown));
+    poll_fn(|cx| shard.wait_flushed(id, cx.waker())).await;
     shard.unregister(id);
     tracing::debug!("disconnected");
 }
@@ -536,7 +539,7 @@ impl Reader<'_> {
                 };
                 self.shard.with_conn(self.id, |c| {
                     c.out.push(Out::Owned(reply));
-                    c.closing.get_or_insert(ErrorCode::ShuttingDown);
+                    c.set_closing(ErrorCode::ShuttingDown);
                 });
                 self.shard.reply_wake(self.id);
                 false
@@ -562,7 +565,7 @@ impl Reader<'_> {
 
     /// True once the connection is closing (or gone).
     fn closing(&self) -> bool {
-        self.shard.with_conn(self.id, |c| c.closing.is_some()).unwrap_or(true)
+        self.shard.with_conn(self.id, |c| c.is_closing()).unwrap_or(true)
     }
 
     /// Handles one protocol frame: `payload`, which lies inside `owner`
@@ -774,16 +777,6 @@ async fn write_batch(wr: &mut impl AsyncWriteRent, batch: &mut WriteBatch) -> bo
         }
     }
     true
-}
-
-/// Shuts the socket down both ways so the reader's pending read ends.
-fn shutdown_socket(fd: i32) {
-    // SAFETY: `fd` belongs to a socket whose read and write halves are still
-    // alive (the reader task owns one), so it is open; shutdown(2) only
-    // changes the connection state and never frees the descriptor.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-    }
 }
 
 /// `POST /send`: one envelope per request, answered 202 or with an error.

@@ -36,6 +36,10 @@ use mesh::Mesh;
 use presence::{Owners, Presence, Rooms};
 use write::{Out, OutQueue};
 
+/// How long a closing connection may take to flush its last frames before
+/// its socket is shut down (a peer that stopped reading).
+pub(crate) const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
 /// One routed envelope in this many has its routing time measured.
 pub(crate) const LATENCY_SAMPLE: u32 = 64;
 
@@ -252,13 +256,31 @@ pub(crate) struct Conn {
     /// Waiting for the writer to flush (the reader, before it unregisters).
     flush_waiter: Option<Waker>,
     /// Set when the connection must close after its queue is written.
-    pub(crate) closing: Option<ErrorCode>,
+    closing: Option<ErrorCode>,
+    /// When `closing` was set; a close that does not finish in
+    /// [`CLOSE_DEADLINE`] is forced by the tick (the socket is shut down).
+    closing_since: Option<Instant>,
+    /// The socket, for forcing a close (WebSocket connections).
+    pub(crate) fd: Option<i32>,
     /// For HTTP requests: the answer, once it arrives.
     pub(crate) http_reply: Option<Reply>,
     pub(crate) tokens: TokenBucket,
 }
 
 impl Conn {
+    /// True once the connection is closing.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    /// Marks the connection closing (the first reason wins).
+    pub(crate) fn set_closing(&mut self, code: ErrorCode) {
+        if self.closing.is_none() {
+            self.closing = Some(code);
+            self.closing_since = Some(Instant::now());
+        }
+    }
+
     fn wake_writer(&mut self) {
         if let Some(w) = self.writer.take() {
             w.wake();
@@ -409,6 +431,8 @@ impl Shard {
             writing: false,
             flush_waiter: None,
             closing: None,
+            closing_since: None,
+            fd: None,
             http_reply: None,
             tokens: TokenBucket::new(l.send_rate_per_sec, l.send_burst, now),
             identity,
@@ -529,7 +553,7 @@ impl Shard {
         self.with_conn(id, |c| {
             c.out.clear();
             c.writing = false;
-            c.closing.get_or_insert(ErrorCode::Internal);
+            c.set_closing(ErrorCode::Internal);
             if let Some(w) = c.flush_waiter.take() {
                 w.wake();
             }
@@ -787,7 +811,7 @@ impl Shard {
             if c.protocol == Protocol::WebSocket {
                 c.out.push(Out::Owned(ws::close_frame(code.close_code(), reason)));
             }
-            c.closing = Some(code);
+            c.set_closing(code);
             c.wake_writer();
         });
     }
@@ -816,7 +840,21 @@ impl Shard {
             let mut conns = self.conns.borrow_mut();
             let gens = self.generations.borrow();
             for (slot, c) in conns.iter_mut() {
-                if c.protocol != Protocol::WebSocket || c.closing.is_some() {
+                if c.protocol != Protocol::WebSocket {
+                    continue;
+                }
+                if let Some(since) = c.closing_since {
+                    if now.saturating_duration_since(since) >= CLOSE_DEADLINE
+                        && let Some(fd) = c.fd.take()
+                    {
+                        // The peer stopped reading: drop what is queued and
+                        // shut the socket, which ends both tasks' I/O.
+                        c.out.clear();
+                        shutdown_socket(fd);
+                        if let Some(w) = c.flush_waiter.take() {
+                            w.wake();
+                        }
+                    }
                     continue;
                 }
                 let id = ConnId { slot: slot as u32, generation: gens[slot] };
@@ -898,6 +936,16 @@ fn overloaded(id: EnvelopeId) -> Reply {
         id: Some(id),
         request_id: None,
         reason: "cross-shard queue full, retry later",
+    }
+}
+
+/// Shuts a socket down both ways, so pending reads and writes on it end.
+pub(crate) fn shutdown_socket(fd: i32) {
+    // SAFETY: `fd` belongs to a socket whose read and write halves are still
+    // alive (the connection's tasks own them), so it is open; shutdown(2)
+    // only changes the connection state and never frees the descriptor.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
     }
 }
 
