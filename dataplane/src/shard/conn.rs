@@ -714,7 +714,7 @@ async fn write_loop(
     fd: i32,
     tls: Option<Rc<RefCell<TlsSession>>>,
 ) {
-    let mut batch = WriteBatch::default();
+    let mut batch: Option<Box<WriteBatch>> = None;
     let mut cipher = Vec::new();
     loop {
         let next = poll_fn(|cx| match shard.poll_writer(id, cx.waker(), &mut batch) {
@@ -724,16 +724,22 @@ async fn write_loop(
         .await;
         match next {
             WriterPoll::Write => {
+                // Invariant: poll_writer returned Write after filling `batch`.
+                let mut b = batch.take().expect("a filled batch");
                 let ok = match &tls {
-                    None => write_batch(&mut wr, &mut batch).await,
+                    None => {
+                        let (ok, back) = write_batch(&mut wr, b).await;
+                        b = back;
+                        ok
+                    }
                     Some(tls) => {
                         cipher.clear();
                         let encrypted = {
                             let mut session = tls.borrow_mut();
-                            let sent = batch.try_for_each_chunk(|chunk| session.send(chunk));
+                            let sent = b.try_for_each_chunk(|chunk| session.send(chunk));
                             sent.and_then(|()| session.take_output(&mut cipher))
                         };
-                        batch.clear();
+                        b.clear();
                         encrypted.is_ok() && {
                             let (res, c) = wr.write_all(std::mem::take(&mut cipher)).await;
                             cipher = c;
@@ -741,6 +747,7 @@ async fn write_loop(
                         }
                     }
                 };
+                shard.recycle_batch(b);
                 if !ok {
                     shard.writer_failed(id);
                     shutdown_socket(fd);
@@ -766,17 +773,18 @@ async fn write_loop(
     }
 }
 
-/// Writes the whole batch with `writev`; false if the socket failed.
-async fn write_batch(wr: &mut impl AsyncWriteRent, batch: &mut WriteBatch) -> bool {
+/// Writes the whole batch with `writev`; false if the socket failed. The
+/// batch moves into each write and comes back (owned buffers).
+async fn write_batch(wr: &mut impl AsyncWriteRent, mut batch: Box<WriteBatch>) -> (bool, Box<WriteBatch>) {
     while !batch.is_empty() {
-        let (res, b) = wr.writev(std::mem::take(batch)).await;
-        *batch = b;
+        let (res, b) = wr.writev(batch).await;
+        batch = b;
         match res {
             Ok(n) if n > 0 => batch.advance(n),
-            _ => return false,
+            _ => return (false, batch),
         }
     }
-    true
+    (true, batch)
 }
 
 /// `POST /send`: one envelope per request, answered 202 or with an error.

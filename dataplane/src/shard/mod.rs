@@ -40,6 +40,9 @@ use write::{Out, OutQueue};
 /// its socket is shut down (a peer that stopped reading).
 pub(crate) const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
+/// Idle write batches a shard keeps for reuse.
+const BATCH_POOL: usize = 256;
+
 /// One routed envelope in this many has its routing time measured.
 pub(crate) const LATENCY_SAMPLE: u32 = 64;
 
@@ -373,6 +376,8 @@ pub(crate) struct Shard {
     pub(crate) stopping: Cell<bool>,
     /// Cancels the pending accept when the shard stops.
     pub(crate) accept_canceller: RefCell<monoio::io::Canceller>,
+    /// Write batches not in use (see [`Shard::take_batch`]).
+    batch_pool: RefCell<Vec<Box<write::WriteBatch>>>,
     /// Rate limit for logs about bad input, so a flood of bad clients
     /// cannot flood the logs.
     pub(crate) log_limiter: LogLimiter,
@@ -399,6 +404,7 @@ impl Shard {
             scratch_frame: RefCell::new(Vec::with_capacity(512)),
             stopping: Cell::new(false),
             accept_canceller: RefCell::new(monoio::io::Canceller::new()),
+            batch_pool: RefCell::new(Vec::new()),
             log_limiter: LogLimiter::new(20),
             latency_counter: Cell::new(0),
             drained: RefCell::new(None),
@@ -501,10 +507,15 @@ impl Shard {
 
     /// Registers the writer task's waker; returns the frames to write when
     /// there are some, or whether the writer should stop.
-    pub(crate) fn poll_writer(&self, id: ConnId, waker: &Waker, batch: &mut write::WriteBatch) -> WriterPoll {
+    pub(crate) fn poll_writer(
+        &self,
+        id: ConnId,
+        waker: &Waker,
+        batch: &mut Option<Box<write::WriteBatch>>,
+    ) -> WriterPoll {
         self.with_conn(id, |c| {
             if !c.out.is_empty() {
-                batch.fill(&mut c.out);
+                batch.get_or_insert_with(|| self.take_batch()).fill(&mut c.out);
                 c.writing = true;
                 return WriterPoll::Write;
             }
@@ -515,6 +526,21 @@ impl Shard {
             WriterPoll::Pending
         })
         .unwrap_or(WriterPoll::Finish)
+    }
+
+    /// A write batch from the shard's pool: connections hold one only while
+    /// they write, so an idle connection keeps no batch (and none of the
+    /// capacity a burst gave it).
+    fn take_batch(&self) -> Box<write::WriteBatch> {
+        self.batch_pool.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a written batch to the pool.
+    pub(crate) fn recycle_batch(&self, batch: Box<write::WriteBatch>) {
+        let mut pool = self.batch_pool.borrow_mut();
+        if pool.len() < BATCH_POOL {
+            pool.push(batch);
+        }
     }
 
     /// Queues a complete frame for a connection of this shard.

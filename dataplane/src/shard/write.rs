@@ -228,6 +228,18 @@ unsafe impl monoio::buf::IoVecBuf for WriteBatch {
     }
 }
 
+// SAFETY: as for `WriteBatch`; the box keeps the batch (and so the iovec
+// array and the buffers) at one heap address while the runtime holds it.
+unsafe impl monoio::buf::IoVecBuf for Box<WriteBatch> {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        (**self).read_iovec_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        (**self).read_iovec_len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
