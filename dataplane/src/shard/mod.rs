@@ -376,7 +376,9 @@ pub(crate) struct Shard {
     pub(crate) stopping: Cell<bool>,
     /// Cancels the pending accept when the shard stops.
     pub(crate) accept_canceller: RefCell<monoio::io::Canceller>,
-    /// Write batches not in use (see [`Shard::take_batch`]).
+    /// Write batches not in use (see [`Shard::take_batch`]). Boxed on
+    /// purpose: a batch moves in and out of `writev` as a pointer.
+    #[allow(clippy::vec_box)]
     batch_pool: RefCell<Vec<Box<write::WriteBatch>>>,
     /// Rate limit for logs about bad input, so a flood of bad clients
     /// cannot flood the logs.
