@@ -427,9 +427,15 @@ async fn drive_websocket(
     let mut decoder = WsDecoder::new(limits.max_frame_len());
     let mut sizer = ReadSizer::new();
     let reader = Reader { shard: &shard, id, me, identity: &identity, limits };
+    let mut first = true;
     'conn: loop {
+        // One clock read per batch of received bytes: it stamps the
+        // connection's activity and the frames of the batch.
         let now = Instant::now();
         let now_ms = now_unix_ms();
+        if !std::mem::take(&mut first) {
+            shard.seen(id, now);
+        }
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some((event, consumed))) => {
@@ -462,10 +468,7 @@ async fn drive_websocket(
             buf = b;
             match res {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    sizer.record(n, spare);
-                    shard.seen(id, Instant::now());
-                }
+                Ok(n) => sizer.record(n, spare),
             }
             continue;
         };
@@ -473,9 +476,8 @@ async fn drive_websocket(
         raw.reserve(READ_CHUNK);
         let (res, r) = rd.read(raw).await;
         raw = r;
-        match res {
-            Ok(0) | Err(_) => break,
-            Ok(_) => shard.seen(id, Instant::now()),
+        if matches!(res, Ok(0) | Err(_)) {
+            break;
         }
         let mut session = tls.borrow_mut();
         let received = session.receive(&raw, &mut buf);
