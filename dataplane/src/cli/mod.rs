@@ -134,6 +134,10 @@ pub struct ListenArgs {
     /// Exit 0 when nothing arrives for --timeout seconds instead of failing.
     #[arg(long)]
     pub idle_ok: bool,
+    /// Before exiting, leave the joined rooms with leave-room frames (each
+    /// answered `done`) instead of letting the close remove the membership.
+    #[arg(long, requires = "rooms")]
+    pub leave: bool,
 }
 
 impl Cli {
@@ -267,6 +271,28 @@ fn listen(args: &ListenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         out.flush()?;
         client.send(&Frame::DeliveryAck { id })?;
         received += 1;
+    }
+    if args.leave {
+        for (i, room) in args.rooms.iter().enumerate() {
+            let room = RoomName::parse(room).context("--join")?;
+            let request_id = (args.rooms.len() + i) as u32;
+            client.send(&Frame::LeaveRoom { request_id, room })?;
+            loop {
+                let msg = client.recv()?.context("connection closed while leaving")?;
+                match Frame::decode(&msg, client.limits())? {
+                    Frame::Done { request_id: r } if r == request_id => break,
+                    Frame::Error(e) => anyhow::bail!("cannot leave {room}: {}", e.reason),
+                    // Late deliveries: acknowledge, not printed (--count was reached).
+                    Frame::Deliver { envelope, .. } => {
+                        if let Ok(env) = Envelope::parse(envelope, client.limits()) {
+                            client.send(&Frame::DeliveryAck { id: env.id() })?;
+                        }
+                    }
+                    _ => continue,
+                }
+            }
+        }
+        eprintln!("left {} room(s)", args.rooms.len());
     }
     client.close();
     Ok(())
