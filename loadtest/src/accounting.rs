@@ -357,6 +357,89 @@ impl FanoutCounts {
     }
 }
 
+/// The receiving side of `mesh` for one generator thread's users: every
+/// user sends to random others with its own sequence numbers, so each
+/// arrival is recorded as (sender, seq). A message goes to exactly one
+/// receiver, so duplicates are found per sender over the thread's
+/// receivers; order is only promised per sender→receiver stream, so each
+/// receiver keeps a small map of the highest sequence number per sender.
+/// Like fan-out, a message is measured when its stamped send time lies in
+/// the window; the loss is the senders' window minus what arrived,
+/// computed after the run over all threads.
+#[derive(Debug, Default)]
+pub struct MeshLedger {
+    /// Per sender (all users of the run): sequence numbers received here.
+    seen: Vec<SeqSet>,
+    /// Per local receiver: sender → one past the highest seq received.
+    high: Vec<std::collections::HashMap<u32, u64>>,
+    counts: ReceiverCounts,
+}
+
+impl MeshLedger {
+    /// A ledger for `receivers` local receivers of a run of `users` users.
+    pub fn new(users: usize, receivers: usize) -> Self {
+        Self {
+            seen: (0..users).map(|_| SeqSet::default()).collect(),
+            high: vec![Default::default(); receivers],
+            counts: ReceiverCounts::default(),
+        }
+    }
+
+    /// Records an arrival at local receiver `receiver` of `sender`'s message
+    /// `seq` stamped `sent_ns`, received at `now_ns`; `sent_upper` is how
+    /// many sequence numbers the sender had taken (a larger `seq`, or an
+    /// unknown sender, is unknown and never grows the sets).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_receive(
+        &mut self,
+        receiver: usize,
+        sender: u32,
+        seq: u64,
+        sent_ns: u64,
+        now_ns: u64,
+        window: &Window,
+        sent_upper: u64,
+    ) -> Arrival {
+        let Some(seen) = self.seen.get_mut(sender as usize) else {
+            self.counts.unknown += 1;
+            return Arrival::Unknown;
+        };
+        if seq >= sent_upper {
+            self.counts.unknown += 1;
+            return Arrival::Unknown;
+        }
+        let measured = window.contains(sent_ns);
+        if !seen.insert(seq) {
+            if measured {
+                self.counts.duplicates += 1;
+            }
+            return Arrival::Duplicate;
+        }
+        self.counts.received_total += 1;
+        let high = self.high[receiver].entry(sender).or_insert(0);
+        let late = seq < *high;
+        *high = (*high).max(seq + 1);
+        if !measured {
+            return Arrival::Unmeasured;
+        }
+        self.counts.delivered += 1;
+        if late {
+            self.counts.out_of_order += 1;
+        }
+        Arrival::Measured { latency_ns: now_ns.saturating_sub(sent_ns) }
+    }
+
+    /// Records an arrival without a valid stamp.
+    pub fn on_unknown(&mut self) {
+        self.counts.unknown += 1;
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> ReceiverCounts {
+        self.counts
+    }
+}
+
 /// A growable bit set of sequence numbers. Grows by doubling, so the hot
 /// path allocates only O(log n) times over a run.
 #[derive(Debug, Default)]
@@ -551,6 +634,28 @@ mod tests {
         // No receivers: nothing expected, nothing lost.
         let none = FanoutCounts::new(&sender, []);
         assert_eq!((none.expected, none.lost), (0, 0));
+    }
+
+    #[test]
+    fn mesh_arrivals_are_checked_per_sender_and_stream() {
+        let mut m = MeshLedger::new(3, 2);
+        // Sender 0 sends seq 0..4: 0 and 2 to receiver 0, 1 and 3 to
+        // receiver 1 (interleaved streams are not reordering).
+        assert_eq!(m.on_receive(0, 0, 0, 500, 900, &W, 4), Arrival::Unmeasured);
+        assert_eq!(m.on_receive(1, 0, 1, 1_100, 1_200, &W, 4), Arrival::Measured { latency_ns: 100 });
+        assert_eq!(m.on_receive(1, 0, 3, 1_300, 1_400, &W, 4), Arrival::Measured { latency_ns: 100 });
+        assert_eq!(m.on_receive(0, 0, 2, 1_200, 1_500, &W, 4), Arrival::Measured { latency_ns: 300 });
+        assert_eq!(m.counts().out_of_order, 0);
+        // The same seq again, even at another receiver, is a duplicate.
+        assert_eq!(m.on_receive(0, 0, 3, 1_300, 1_600, &W, 4), Arrival::Duplicate);
+        // Sender 1 to receiver 0, 1 before 0: out of order on that stream.
+        assert_eq!(m.on_receive(0, 1, 1, 1_100, 1_700, &W, 2), Arrival::Measured { latency_ns: 600 });
+        assert_eq!(m.on_receive(0, 1, 0, 1_050, 1_700, &W, 2), Arrival::Measured { latency_ns: 650 });
+        // Beyond what was sent, or an unknown sender.
+        assert_eq!(m.on_receive(0, 1, 2, 1_100, 1_800, &W, 2), Arrival::Unknown);
+        assert_eq!(m.on_receive(0, 9, 0, 1_100, 1_800, &W, 2), Arrival::Unknown);
+        let c = m.counts();
+        assert_eq!(c, ReceiverCounts { delivered: 5, duplicates: 1, out_of_order: 1, unknown: 2, received_total: 6 });
     }
 
     #[test]

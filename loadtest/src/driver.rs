@@ -142,16 +142,34 @@ struct Slot<C> {
     receiver: Conn<C>,
 }
 
-struct Stats {
-    latency: Histogram<u64>,
-    disconnects: u64,
-    stalls: u64,
-    first_error: Option<String>,
-    error_codes: Vec<(u16, u64)>,
+pub(crate) struct Stats {
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) disconnects: u64,
+    pub(crate) stalls: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) error_codes: Vec<(u16, u64)>,
 }
 
 impl Stats {
-    fn failed(&mut self, what: impl FnOnce() -> String) {
+    pub(crate) fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram bounds")?,
+            disconnects: 0,
+            stalls: 0,
+            first_error: None,
+            error_codes: Vec::new(),
+        })
+    }
+
+    /// Counts a refusal with protocol error `code`.
+    pub(crate) fn refused(&mut self, code: u16) {
+        match self.error_codes.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => self.error_codes.push((code, 1)),
+        }
+    }
+
+    pub(crate) fn failed(&mut self, what: impl FnOnce() -> String) {
         self.disconnects += 1;
         if self.first_error.is_none() {
             self.first_error = Some(what());
@@ -185,13 +203,7 @@ pub fn drive<P: Protocol>(proto: &P, pairs: Range<usize>, shared: &Shared) -> an
         };
         slot.last_progress_ns = plan.send_start_ns;
     }
-    let mut stats = Stats {
-        latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram bounds")?,
-        disconnects: 0,
-        stalls: 0,
-        first_error: None,
-        error_codes: Vec::new(),
-    };
+    let mut stats = Stats::new()?;
     let mut events = Events::with_capacity(1024);
     // Wait for the start of sending.
     while shared.now_ns() < plan.send_start_ns {
@@ -377,6 +389,33 @@ fn on_readable<P: Protocol>(
     stats: &mut Stats,
     last_progress_ns: &mut u64,
 ) -> Result<(), String> {
+    pump::<P>(conn, shared, &mut |inbound, now| match inbound {
+        Inbound::Message(msg) => match layout.read_stamp(msg) {
+            Some(stamp) if role == Role::Receiver && stamp.pair == pair => {
+                if let Arrival::Measured { latency_ns } = ledger.on_receive(stamp.seq, stamp.sent_ns, now) {
+                    stats.latency.saturating_record(latency_ns.max(1));
+                }
+                *last_progress_ns = now;
+            }
+            _ => ledger.on_unknown(),
+        },
+        Inbound::Answer { id, answer, code } => {
+            ledger.on_answer(id.as_ref().map(Layout::seq_of_id), answer);
+            if let Some(code) = code {
+                stats.refused(code);
+            }
+            *last_progress_ns = now;
+        }
+    })
+}
+
+/// Reads until the socket would block, passing every decoded unit and the
+/// time it was read to `on`.
+pub(crate) fn pump<P: Protocol>(
+    conn: &mut Conn<P::Conn>,
+    shared: &Shared,
+    on: &mut impl FnMut(Inbound<'_>, u64),
+) -> Result<(), String> {
     loop {
         if conn.rlen == conn.rbuf.len() {
             let len = conn.rbuf.len() * 2;
@@ -391,28 +430,8 @@ fn on_readable<P: Protocol>(
         }
         let now = shared.now_ns();
         let Conn { proto, rbuf, rlen, wbuf, .. } = conn;
-        let mut on = |inbound: Inbound<'_>| match inbound {
-            Inbound::Message(msg) => match layout.read_stamp(msg) {
-                Some(stamp) if role == Role::Receiver && stamp.pair == pair => {
-                    if let Arrival::Measured { latency_ns } = ledger.on_receive(stamp.seq, stamp.sent_ns, now) {
-                        stats.latency.saturating_record(latency_ns.max(1));
-                    }
-                    *last_progress_ns = now;
-                }
-                _ => ledger.on_unknown(),
-            },
-            Inbound::Answer { id, answer, code } => {
-                ledger.on_answer(id.as_ref().map(Layout::seq_of_id), answer);
-                if let Some(code) = code {
-                    match stats.error_codes.iter_mut().find(|(c, _)| *c == code) {
-                        Some((_, n)) => *n += 1,
-                        None => stats.error_codes.push((code, 1)),
-                    }
-                }
-                *last_progress_ns = now;
-            }
-        };
-        let used = P::decode(proto, &rbuf[..*rlen], wbuf, &mut on).map_err(|e| e.to_string())?;
+        let used =
+            P::decode(proto, &rbuf[..*rlen], wbuf, &mut |inbound| on(inbound, now)).map_err(|e| e.to_string())?;
         rbuf.copy_within(used..*rlen, 0);
         *rlen -= used;
     }

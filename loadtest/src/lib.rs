@@ -4,8 +4,9 @@
 //! nats-server (core protocol) with the same workload and reports
 //! delivered/s, loss, duplicates, reordering, hdrhistogram latency
 //! percentiles and the CPU use of generator and server. Workloads: `pairs`
-//! (P senders → P receivers, 1:1) and `fanout` (1 sender → K receivers of a
-//! room/topic/subject), each in closed-loop (`max`) or open-loop (`rate`,
+//! (P senders → P receivers, 1:1), `fanout` (1 sender → K receivers of a
+//! room/topic/subject) and `mesh` (N users, each sending to random others,
+//! seeded), each in closed-loop (`max`) or open-loop (`rate`,
 //! latency from the intended send time) mode; `idle` (server memory per
 //! idle connection); `connect` (handshakes/s, a reconnect storm); `sink`
 //! (the generator's own ceiling, no server).
@@ -13,7 +14,7 @@
 //! - [`run`]: the command line, the run's timeline (connect, warm-up,
 //!   measured window, drain) and the report;
 //! - [`driver`]: the per-thread event loop of `pairs` (non-blocking sockets
-//!   on `mio`); [`fanout`], [`idle`], [`connect`], [`sink`]: the other
+//!   on `mio`); [`mesh`], [`fanout`], [`idle`], [`connect`], [`sink`]: the other
 //!   workloads;
 //! - [`html`]: the `--report` page with its SVG percentile plot;
 //! - [`progress`]: the progress bar (only on a terminal);
@@ -33,6 +34,7 @@ pub mod driver;
 pub mod fanout;
 pub mod html;
 pub mod idle;
+pub mod mesh;
 pub mod message;
 pub mod progress;
 pub mod run;

@@ -4,6 +4,7 @@ use clap::Parser;
 use switchboard_loadtest::connect::run_connect;
 use switchboard_loadtest::fanout::run_fanout;
 use switchboard_loadtest::idle::run_idle;
+use switchboard_loadtest::mesh::run_mesh;
 use switchboard_loadtest::run::{Cli, Command, Outcome, emit, run_pairs};
 use switchboard_loadtest::sink::run_sink;
 
@@ -11,6 +12,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Pairs(args) => run_pairs(args).and_then(|r| emit(&args.common, &r)),
+        Command::Mesh(args) => run_mesh(args).and_then(|r| emit(&args.common, &r)),
         Command::Fanout(args) => run_fanout(args).and_then(|r| emit(&args.common, &r)),
         Command::Idle(args) => run_idle(args).and_then(|r| emit(&args.common, &r)),
         Command::Connect(args) => run_connect(args).and_then(|r| emit(&args.common, &r)),

@@ -93,6 +93,19 @@ pub struct Template {
     bytes: Vec<u8>,
     layout: Layout,
     pair: u32,
+    /// `mesh`: offset of the destination name's six digits.
+    dest_digits: Option<usize>,
+}
+
+/// The destination a mesh template is built with, then patched.
+const MESH_PLACEHOLDER: &str = "lt-r-zzzzzz";
+
+/// Writes `n % 1_000_000` as six ASCII digits (user names, topics).
+pub fn put_digits6(out: &mut [u8], mut n: usize) {
+    for b in out.iter_mut().take(6).rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 impl Template {
@@ -101,16 +114,39 @@ impl Template {
     /// run distinct from other runs'; `created_at_ms` is the envelope's
     /// creation time (ttl 0: the server's maximum).
     pub fn new(pair: usize, size: usize, nonce: u32, created_at_ms: u64) -> anyhow::Result<Self> {
-        Self::to(pair, DestinationKind::User, &receiver_user(pair), size, nonce, created_at_ms)
+        Self::to(pair, &sender_user(pair), DestinationKind::User, &receiver_user(pair), size, nonce, created_at_ms)
+    }
+
+    /// `mesh`: user `user` (named [`receiver_user`], one connection that
+    /// both sends and receives) to another user, chosen per message with
+    /// [`Template::retarget`]; stamps carry `user` as the pair.
+    pub fn mesh(user: usize, size: usize, nonce: u32, created_at_ms: u64) -> anyhow::Result<Self> {
+        let mut t =
+            Self::to(user, &receiver_user(user), DestinationKind::User, MESH_PLACEHOLDER, size, nonce, created_at_ms)?;
+        let Some(off) = t.bytes.windows(MESH_PLACEHOLDER.len()).position(|w| w == MESH_PLACEHOLDER.as_bytes()) else {
+            bail!("destination not found in the built envelope");
+        };
+        t.dest_digits = Some(off + MESH_PLACEHOLDER.len() - 6);
+        t.retarget(user);
+        Ok(t)
+    }
+
+    /// `mesh`: addresses the envelope to user `user` ([`receiver_user`]),
+    /// patching the name's six digits in place. No-op for other templates.
+    pub fn retarget(&mut self, user: usize) {
+        if let Some(off) = self.dest_digits {
+            put_digits6(&mut self.bytes[off..off + 6], user);
+        }
     }
 
     /// Like [`Template::new`], addressed to room `room` (fan-out).
     pub fn to_room(pair: usize, room: &str, size: usize, nonce: u32, created_at_ms: u64) -> anyhow::Result<Self> {
-        Self::to(pair, DestinationKind::Room, room, size, nonce, created_at_ms)
+        Self::to(pair, &sender_user(pair), DestinationKind::Room, room, size, nonce, created_at_ms)
     }
 
     fn to(
         pair: usize,
+        sender: &str,
         kind: DestinationKind,
         receiver: &str,
         size: usize,
@@ -119,7 +155,6 @@ impl Template {
     ) -> anyhow::Result<Self> {
         ensure!(pair <= MAX_PAIRS, "at most {} pairs", MAX_PAIRS + 1);
         ensure!(nonce != 0, "the nonce must not be 0 (ids must not be nil)");
-        let sender = sender_user(pair);
         let pair32 = u32::try_from(pair).context("pair index")?;
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&nonce.to_be_bytes());
@@ -128,7 +163,7 @@ impl Template {
         id[8..].copy_from_slice(&0x5a5a_5a5a_5a5a_5a5a_u64.to_be_bytes());
         let build = |payload_len: usize| -> anyhow::Result<Vec<u8>> {
             let payload = vec![0xa5u8; payload_len];
-            let sender = UserId::parse(&sender).context("sender user id")?;
+            let sender = UserId::parse(sender).context("sender user id")?;
             let destination = Destination::new(kind, receiver).context("destination name")?;
             let bytes = EnvelopeBuilder::new(EnvelopeId(id), sender, destination, created_at_ms)
                 .payload(&payload)
@@ -155,7 +190,7 @@ impl Template {
             bail!("envelope id not found in the built envelope");
         };
         let layout = Layout { len: bytes.len(), id_off, stamp_off };
-        let mut t = Self { bytes, layout, pair: pair32 };
+        let mut t = Self { bytes, layout, pair: pair32, dest_digits: None };
         t.stamp(0, 0);
         Ok(t)
     }
@@ -213,6 +248,20 @@ mod tests {
         let env = Envelope::parse(&msg, &Limits::default()).unwrap();
         assert_eq!((env.destination().kind(), env.destination().name()), (DestinationKind::Room, "lt-000000ab"));
         assert_eq!(t.layout().read_stamp(&msg).map(|s| s.seq), Some(3));
+    }
+
+    #[test]
+    fn mesh_envelopes_are_retargeted_in_place() {
+        let mut t = Template::mesh(3, 256, 1, 0).unwrap();
+        assert_eq!(t.layout(), Template::new(0, 256, 1, 0).unwrap().layout());
+        for dest in [0, 7, 999_999] {
+            t.retarget(dest);
+            let msg = t.stamp(5, 6).to_vec();
+            let env = Envelope::parse(&msg, &Limits::default()).unwrap();
+            assert_eq!(env.sender().as_str(), "lt-r-000003");
+            assert_eq!(env.destination().name(), receiver_user(dest));
+            assert_eq!(t.layout().read_stamp(&msg), Some(Stamp { pair: 3, seq: 5, sent_ns: 6 }));
+        }
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// P senders to P receivers, 1:1.
     Pairs(PairsArgs),
+    /// N users, each sending to uniformly random other users.
+    Mesh(crate::mesh::MeshArgs),
     /// 1 sender to K receivers of one room (topic, subject).
     Fanout(crate::fanout::FanoutArgs),
     /// N idle authenticated connections: the server's memory per connection.
@@ -458,7 +460,7 @@ pub struct ErrorCount {
 /// The result of one run; `--json` prints it as one line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// Always `pairs` for now.
+    /// `pairs` or `mesh`.
     pub workload: &'static str,
     /// The server kind.
     pub target: &'static str,
@@ -466,8 +468,15 @@ pub struct Report {
     pub url: String,
     /// `max` or `rate`.
     pub mode: &'static str,
-    /// Pairs.
+    /// Pairs (`pairs`; absent for `mesh`).
+    #[serde(skip_serializing_if = "is_zero")]
     pub pairs: usize,
+    /// `mesh`: users (one connection each).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<usize>,
+    /// `mesh`: the destination generator's seed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// Generator threads.
     pub threads: usize,
     /// Bytes per message (the envelope).
@@ -528,7 +537,7 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
     impl WithProtocol for Pairs<'_> {
         type Out = anyhow::Result<Report>;
         fn run<P: Protocol>(self, proto: &P) -> Self::Out {
-            execute(proto, self.0, self.1)
+            execute(proto, self.0, self.1, "pairs", driver::drive::<P>)
         }
     }
     let mut report = with_protocol(&args.common, &ep, nonce, layout, Topology::Pairs, Pairs(&cfg, &shared))??;
@@ -569,9 +578,27 @@ fn jwt_secret(args: &TargetArgs) -> anyhow::Result<Vec<u8>> {
     from_file(&dir.join("jwt-secret"))
 }
 
-/// Runs the threads against `proto` and merges their reports.
-fn execute<P: Protocol>(proto: &P, cfg: &RunConfig, shared: &Shared) -> anyhow::Result<Report> {
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Runs `drive` on `cfg.threads` threads (each with its share of
+/// `0..cfg.pairs`) against `proto` and merges their reports. `workload` is
+/// `pairs` or `mesh` (its senders and receivers are on different threads,
+/// so the loss is computed from the merged counts).
+pub(crate) fn execute<P, F>(
+    proto: &P,
+    cfg: &RunConfig,
+    shared: &Shared,
+    workload: &'static str,
+    drive: F,
+) -> anyhow::Result<Report>
+where
+    P: Protocol,
+    F: Fn(&P, std::ops::Range<usize>, &Shared) -> anyhow::Result<driver::ThreadReport> + Sync,
+{
     let shares = split(cfg.pairs, cfg.threads);
+    let drive = &drive;
     std::thread::scope(|s| {
         let handles: Vec<_> = shares
             .into_iter()
@@ -579,7 +606,7 @@ fn execute<P: Protocol>(proto: &P, cfg: &RunConfig, shared: &Shared) -> anyhow::
             .map(|(i, range)| {
                 std::thread::Builder::new()
                     .name(format!("loadtest-{i}"))
-                    .spawn_scoped(s, move || driver::drive(proto, range, shared))
+                    .spawn_scoped(s, move || drive(proto, range, shared))
                     .expect("spawning a generator thread")
             })
             .collect();
@@ -600,7 +627,7 @@ fn execute<P: Protocol>(proto: &P, cfg: &RunConfig, shared: &Shared) -> anyhow::
         shared.barrier.wait();
         let (mut cpu_gen, mut cpu_srv) = (None, None);
         if connected {
-            let bar = Progress::time("pairs", send_start_ns, window.end_ns);
+            let bar = Progress::time(workload, send_start_ns, window.end_ns);
             sleep_until(shared, window.start_ns, &bar);
             let t0 = Instant::now();
             let (g0, s0) = (cpu::cpu_time(None), cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p))));
@@ -640,16 +667,22 @@ fn execute<P: Protocol>(proto: &P, cfg: &RunConfig, shared: &Shared) -> anyhow::
                 }
             }
         }
+        if workload == "mesh" {
+            counts.lost = counts.sent.saturating_sub(counts.delivered + counts.rejected);
+        }
         let secs = window.secs();
+        let mesh = workload == "mesh";
         Ok(Report {
-            workload: "pairs",
+            workload,
             target: cfg.target.name(),
             url: cfg.url.clone(),
             mode: match cfg.mode {
                 ModeKind::Max => "max",
                 ModeKind::Rate => "rate",
             },
-            pairs: cfg.pairs,
+            pairs: if mesh { 0 } else { cfg.pairs },
+            users: mesh.then_some(cfg.pairs),
+            seed: None,
             threads: cfg.threads,
             message_bytes: cfg.size,
             in_flight: (cfg.mode == ModeKind::Max).then_some(cfg.window),
@@ -714,13 +747,24 @@ fn split(pairs: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
     (0..threads).map(|i| (pairs * i / threads)..(pairs * (i + 1) / threads)).collect()
 }
 
+impl Report {
+    /// "10 pairs", or "10 users, seed 1" for `mesh`.
+    fn who(&self) -> String {
+        match (self.users, self.seed) {
+            (Some(u), Some(seed)) => format!("{u} users, seed {seed}"),
+            (Some(u), None) => format!("{u} users"),
+            _ => format!("{} pairs", self.pairs),
+        }
+    }
+}
+
 impl Outcome for Report {
     fn latency(&self) -> Option<&Latency> {
         Some(&self.latency_us)
     }
 
     fn title(&self) -> String {
-        format!("loadtest pairs: {} ({} pairs)", self.target, self.pairs)
+        format!("loadtest {}: {} ({})", self.workload, self.target, self.who())
     }
 
     fn table(&self) -> String {
@@ -736,11 +780,11 @@ impl Outcome for Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "loadtest {}: {} {} | {} pairs, {} B, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
+            "loadtest {}: {} {} | {}, {} B, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
             self.workload,
             self.target,
             self.url,
-            self.pairs,
+            self.who(),
             self.message_bytes,
             self.threads,
             self.duration_s,

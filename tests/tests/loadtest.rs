@@ -1,5 +1,5 @@
-//! End-to-end smoke tests of the load generator: short, low-rate `pairs`
-//! and `fanout` runs, a few `idle` connections and a short `connect` storm
+//! End-to-end smoke tests of the load generator: short, low-rate `pairs`,
+//! `fanout` and `mesh` runs, a few `idle` connections and a short `connect` storm
 //! of the real `loadtest` binary against a fresh `switchboard serve`,
 //! Mosquitto and nats-server (each started here on a loopback port with a
 //! temp directory and stopped by PID), checking that the JSON report's
@@ -103,6 +103,48 @@ fn fanout_against_mosquitto_reaches_every_receiver() {
 fn fanout_against_nats_reaches_every_receiver() {
     let server = Server::nats();
     fanout(&server, "nats", &[]);
+}
+
+/// Users of the mesh smoke runs.
+const USERS: u64 = 5;
+/// Messages per second over all users in the mesh smoke runs.
+const MESH_RATE: u64 = 100;
+
+/// A one-second mesh run at a low rate: every message reaches its one
+/// random receiver, once and in order per stream.
+fn mesh(server: &Server, target: &str) -> Value {
+    let (url, flags) = target_flags(server, target);
+    let (users, rate) = (USERS.to_string(), MESH_RATE.to_string());
+    let mut args = vec!["--users", &users, "--seed", "7", "--mode", "rate", "--rate", &rate, "--duration", "1"];
+    args.extend(["--warmup", "0.3", "--drain", "10"]);
+    args.extend(flags.iter().map(String::as_str));
+    let r = run_json(server, "mesh", target, &url, &args);
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("no {k} in {r}"));
+    assert_eq!((r["workload"].as_str(), n("users"), n("seed")), (Some("mesh"), USERS, 7), "{r}");
+    assert!(n("sent") > 0 && n("sent") <= MESH_RATE + USERS, "{r}");
+    assert_eq!(n("delivered"), n("sent"), "{r}");
+    for k in ["lost", "duplicates", "out_of_order", "unknown", "rejected", "offline", "disconnects"] {
+        assert_eq!(n(k), 0, "{k}: {r}");
+    }
+    assert!(n("sent_total") >= n("sent"), "{r}");
+    assert!(n("received_total") >= n("delivered") && n("received_total") <= n("sent_total"), "{r}");
+    assert_eq!(r["latency_us"]["samples"].as_u64(), Some(n("delivered")), "{r}");
+    assert_eq!(r["complete"], true, "{r}");
+    r
+}
+
+#[test]
+fn mesh_against_switchboard_loses_nothing() {
+    let server = Server::switchboard();
+    let r = mesh(&server, "switchboard");
+    assert!(r["answered"].as_u64() <= r["sent_total"].as_u64(), "{r}");
+}
+
+#[test]
+fn mesh_against_mosquitto_loses_nothing() {
+    let server = Server::mosquitto();
+    let r = mesh(&server, "mosquitto");
+    assert_eq!(r["answered"], 0, "MQTT QoS 0 has no answers: {r}");
 }
 
 /// Opens a few idle connections and checks the memory report.

@@ -103,6 +103,11 @@ pub trait Protocol: Sync {
     /// the generator's own encode-and-write ceiling (`loadtest sink`).
     fn offline_conn(&self, pair: usize) -> Self::Conn;
 
+    /// `mesh`: points the connection's sends at user `user`'s topic or
+    /// subject (the [`Topology::Pairs`] one of pair `user`). Switchboard
+    /// addresses the envelope itself, so the default does nothing.
+    fn retarget(_conn: &mut Self::Conn, _user: usize) {}
+
     /// Appends one message (the envelope bytes `msg`) for the pair's receiver.
     fn encode_message(conn: &Self::Conn, out: &mut Vec<u8>, msg: &[u8]);
 

@@ -98,6 +98,11 @@ impl Protocol for Mqtt {
         Ok(Connected { stream, conn: MqttConn { topic }, leftover: buf.split_off(used) })
     }
 
+    fn retarget(conn: &mut MqttConn, user: usize) {
+        let n = conn.topic.len();
+        crate::message::put_digits6(&mut conn.topic[n - 6..], user);
+    }
+
     fn encode_message(conn: &MqttConn, out: &mut Vec<u8>, msg: &[u8]) {
         packet_header(out, 0x30, 2 + conn.topic.len() + msg.len());
         put_str(out, &conn.topic);
@@ -205,6 +210,13 @@ mod tests {
         }
         assert_eq!(remaining_length(&[0x80, 0x80]).unwrap(), None);
         assert!(remaining_length(&[0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+    }
+
+    #[test]
+    fn mesh_retargets_the_topic_in_place() {
+        let mut conn = Mqtt::new("127.0.0.1:1".parse().unwrap(), 0xab).offline_conn(3);
+        Mqtt::retarget(&mut conn, 42);
+        assert_eq!(conn.topic, b"lt/000000ab/000042");
     }
 
     #[test]

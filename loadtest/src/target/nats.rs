@@ -89,6 +89,12 @@ impl Protocol for Nats {
         })
     }
 
+    fn retarget(conn: &mut NatsConn, user: usize) {
+        // "PUB lt.<nonce>.<six digits> "
+        let n = conn.pub_prefix.len();
+        crate::message::put_digits6(&mut conn.pub_prefix[n - 7..n - 1], user);
+    }
+
     fn encode_message(conn: &NatsConn, out: &mut Vec<u8>, msg: &[u8]) {
         out.extend_from_slice(&conn.pub_prefix);
         put_decimal(out, msg.len());
@@ -163,6 +169,13 @@ fn parse_decimal(s: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mesh_retargets_the_subject_in_place() {
+        let mut conn = Nats::new("127.0.0.1:1".parse().unwrap(), 0xab).offline_conn(3);
+        Nats::retarget(&mut conn, 42);
+        assert_eq!(conn.pub_prefix, b"PUB lt.000000ab.000042 ");
+    }
 
     #[test]
     fn pub_and_msg_round_trip_and_partial_messages_wait() {
