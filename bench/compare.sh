@@ -14,14 +14,15 @@
 #   RUNS=3 DURATION=5 PAIRS=100 WINDOW=32 SIZE=256 RATE=20000
 #   FANOUT_K=100 IDLE_CONNS=10000 (lowered to what the fd limit allows)
 #   SERVER_CPUS=0 GEN_CPUS=1 GEN_THREADS=1 TARGETS="switchboard nats mosquitto"
-#   WORKLOADS="pairs fanout idle"
+#   WORKLOADS="pairs fanout mesh idle" MESH_USERS=100
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/target/compare}
 RUNS=${RUNS:-3} DURATION=${DURATION:-5} PAIRS=${PAIRS:-100} WINDOW=${WINDOW:-32} SIZE=${SIZE:-256}
 RATE=${RATE:-20000} SERVER_CPUS=${SERVER_CPUS:-0} GEN_CPUS=${GEN_CPUS:-1} GEN_THREADS=${GEN_THREADS:-1}
 TARGETS=${TARGETS:-"switchboard nats mosquitto"}
-FANOUT_K=${FANOUT_K:-100} IDLE_CONNS=${IDLE_CONNS:-10000} WORKLOADS=${WORKLOADS:-"pairs fanout idle"}
+FANOUT_K=${FANOUT_K:-100} IDLE_CONNS=${IDLE_CONNS:-10000} WORKLOADS=${WORKLOADS:-"pairs fanout mesh idle"}
+MESH_USERS=${MESH_USERS:-100}
 # loadtest raises its soft limit up to the hard one; the servers inherit
 # ours, so raise it here too and keep idle within it.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -38,6 +39,7 @@ export PATH="$PATH:/usr/sbin"
 mkdir -p "$out"
 results="$out/results.jsonl"
 : >"$results"
+rm -rf "$out/reports"
 
 (cd "$root" && cargo build --release --locked -p switchboard -p switchboard-loadtest)
 sb="$root/target/release/switchboard"
@@ -95,6 +97,14 @@ stop_server() {
   server_pid=""
 }
 
+# Every run also writes an HTML report (latency plot); index.html links them.
+report_path() { # target workload-name -> path of a new report file (numbered by how many exist)
+  mkdir -p "$out/reports"
+  local n
+  n=$(find "$out/reports" -type f -name '*.html' | wc -l)
+  echo "$out/reports/$(printf '%03d' $((n + 1)))-$1-$2.html"
+}
+
 record() { # target workload-name json-line
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["target"]=sys.argv[2]; d["workload"]=sys.argv[3]; print(json.dumps(d))' \
     "$3" "$1" "$2" >>"$results"
@@ -106,7 +116,7 @@ run() { # target workload-name args...
   local line
   line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" pairs --target "$target" --url "$url" \
     --pairs "$PAIRS" --size "$SIZE" --duration "$DURATION" --threads "$GEN_THREADS" \
-    --server-pid "$server_pid" --json "$@")
+    --server-pid "$server_pid" --json --report "$(report_path "$target" "$name")" "$@")
   record "$target" "$name" "$line"
   echo "$target $name: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d.get("delivered_per_s"), "msg/s", "p99", d.get("latency_us",{}).get("p99"), "us", "lost", d.get("lost"))' "$line")"
 }
@@ -115,9 +125,18 @@ run_fanout() { # target
   local line
   line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" fanout --target "$1" --url "$url" \
     --receivers "$FANOUT_K" --size "$SIZE" --duration "$DURATION" --threads "$GEN_THREADS" \
-    --mode max --window "$WINDOW" --server-pid "$server_pid" --json)
+    --mode max --window "$WINDOW" --server-pid "$server_pid" --json --report "$(report_path "$1" "fanout")")
   record "$1" "fanout-1to$FANOUT_K" "$line"
   echo "$1 fanout 1->$FANOUT_K: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["deliveries_per_s"], "deliveries/s", "p99", d["latency_us"]["p99"], "us", "lost", d["lost"])' "$line")"
+}
+
+run_mesh() { # target
+  local line
+  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" mesh --target "$1" --url "$url" \
+    --users "$MESH_USERS" --size "$SIZE" --duration "$DURATION" --threads "$GEN_THREADS" \
+    --mode max --window "$WINDOW" --server-pid "$server_pid" --json --report "$(report_path "$1" "mesh")")
+  record "$1" "mesh-$MESH_USERS" "$line"
+  echo "$1 mesh $MESH_USERS: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["delivered_per_s"], "msg/s", "p99", d["latency_us"]["p99"], "us", "lost", d["lost"])' "$line")"
 }
 
 run_idle() { # target (on a fresh server)
@@ -155,6 +174,11 @@ PY
       run_fanout "$target"
     done
   fi
+  if has mesh; then
+    for i in $(seq 1 "$RUNS"); do
+      run_mesh "$target"
+    done
+  fi
   stop_server
   if has idle; then
     # A fresh server per run: memory is measured from its idle state.
@@ -187,7 +211,7 @@ if any(flow(r) for r in rows):
         lat = lambda q: statistics.median(r["latency_us"][q] for r in rs)
         cpu = statistics.median(r.get("cpu_server_pct") or 0 for r in rs)
         lost = sum(r["lost"] for r in rs)
-        print(f"| {t} | {w} | {d[0]:,.0f} ({d[1]:,.0f}–{d[2]:,.0f}) | {lat('p50'):,} | {lat('p99'):,} | {lat('p999'):,} | {lost} | {cpu:.0f} |")
+        print(f"| {t} | {w} | {d[0]:,.0f} ({d[1]:,.0f}–{d[2]:,.0f}) | {lat('p50'):,.1f} | {lat('p99'):,.1f} | {lat('p999'):,.1f} | {lost} | {cpu:.0f} |")
 idle = lambda r: "bytes_per_connection" in r
 if any(idle(r) for r in rows):
     print()
@@ -198,4 +222,38 @@ if any(idle(r) for r in rows):
         opened = min(r["open"] for r in rs)
         print(f"| {t} | {w} | {b[0]:,.0f} ({b[1]:,.0f}–{b[2]:,.0f}) | {opened:,} of {rs[0]['connections']:,} |")
 PY
+# index.html: the summary tables and every run's report (latency plots).
+python3 - "$out" <<'PY'
+import html, os, sys
+out = sys.argv[1]
+parts = ["<!doctype html><meta charset=utf-8><title>Switchboard side-by-side</title>",
+         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style>",
+         "<h1>Switchboard, nats-server, Mosquitto: same workloads, same core</h1>"]
+table = None
+for line in open(os.path.join(out, "summary.md")):
+    line = line.strip()
+    if not line.startswith("|"):
+        if table is not None:
+            parts.append("</table>")
+            table = None
+        continue
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if set("".join(cells)) <= set("-"):
+        continue
+    if table is None:
+        parts.append("<table>")
+        table = "th"
+    tag = table
+    parts.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+    table = "td"
+if table is not None:
+    parts.append("</table>")
+reports = sorted(os.listdir(os.path.join(out, "reports"))) if os.path.isdir(os.path.join(out, "reports")) else []
+parts.append("<h2>Runs</h2><ul>")
+parts += [f'<li><a href="reports/{html.escape(r)}">{html.escape(r)}</a></li>' for r in reports]
+parts.append("</ul>")
+open(os.path.join(out, "index.html"), "w").write("\n".join(parts))
+PY
 cat "$out/summary.md"
+echo "HTML: $out/index.html"
