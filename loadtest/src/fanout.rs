@@ -29,7 +29,8 @@ use crate::driver::{self, Conn, MAX_SLEEP, Mode, Plan, SPIN_NS, STALL_NS, Shared
 use crate::message::{Layout, Template, room_name};
 use crate::progress::Progress;
 use crate::run::{
-    self, Endpoint, ErrorCount, Latency, ModeKind, Outcome, TargetArgs, WithProtocol, run_identity, secs, with_protocol,
+    self, Endpoint, ErrorCount, Latency, ModeKind, Outcome, TargetArgs, TrafficArgs, WithProtocol, run_identity,
+    with_protocol,
 };
 use crate::target::{Inbound, Protocol, Role, Topology};
 
@@ -42,31 +43,10 @@ pub struct FanoutArgs {
     /// Receivers K (one connection each), all in one room/topic/subject.
     #[arg(long, default_value_t = 100)]
     pub receivers: usize,
-    /// Message size in bytes (the envelope).
-    #[arg(long, default_value_t = 256)]
-    pub size: usize,
-    /// Closed loop (`max`) or fixed send rate (`rate`).
-    #[arg(long, value_enum, default_value_t = ModeKind::Max)]
-    pub mode: ModeKind,
-    /// `max` mode: messages in flight (sent and not yet received by the
-    /// mean receiver, or not yet answered).
-    #[arg(long, default_value_t = 32)]
-    pub window: u64,
-    /// `rate` mode: messages per second sent (deliveries are K times that).
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Measured window, seconds.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
-    /// Warm-up before the window (sent, not counted), seconds.
-    #[arg(long, default_value_t = 1.0)]
-    pub warmup: f64,
-    /// Longest wait after the window for messages in flight, seconds.
-    #[arg(long, default_value_t = 5.0)]
-    pub drain: f64,
-    /// Generator threads; the receivers are split over them.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    /// Message size, mode, timeline and threads (`--window` counts messages
+    /// not yet received by the mean receiver, or not yet answered).
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
 }
 
 /// Most receivers one run opens.
@@ -141,40 +121,26 @@ struct FanShared {
 pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     let ep = Endpoint::try_from(&args.common)?;
     ensure!((1..=MAX_RECEIVERS).contains(&args.receivers), "--receivers must be 1..={MAX_RECEIVERS}");
-    ensure!((1..=256).contains(&args.threads), "--threads must be 1..=256");
-    ensure!(args.size <= 65_536, "--size must be at most 65536 bytes");
-    ensure!((1..=1_000_000).contains(&args.window), "--window must be 1..=1000000");
-    let duration = secs(args.duration, "duration", 3600.0)?;
-    ensure!(!duration.is_zero(), "--duration must be positive");
-    let rate = match (args.mode, args.rate) {
-        (ModeKind::Rate, Some(r)) => {
-            ensure!(r.is_finite() && r > 0.0 && r <= 1e8, "--rate must be in (0, 1e8] messages/s");
-            r
-        }
-        (ModeKind::Rate, None) => bail!("--mode rate needs --rate"),
-        (ModeKind::Max, Some(_)) => bail!("--rate only applies to --mode rate"),
-        (ModeKind::Max, None) => 0.0,
-    };
-    let warmup = secs(args.warmup, "warmup", 600.0)?;
-    let drain = secs(args.drain, "drain", 600.0)?;
+    let t = args.traffic.validate()?;
+    let (rate, warmup, duration, drain) = (t.rate, t.warmup, t.duration, t.drain);
     run::raise_fd_limit(args.receivers as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let template = Template::to_room(0, &room_name(nonce), args.size, nonce, created_at_ms)?;
+    let template = Template::to_room(0, &room_name(nonce), t.size, nonce, created_at_ms)?;
     let layout = template.layout();
-    let threads = args.threads.min(args.receivers);
+    let threads = t.threads.min(args.receivers);
     let shared = Shared {
         epoch: Instant::now(),
         barrier: Barrier::new(threads + 1),
         abort: AtomicBool::new(false),
         plan: OnceLock::new(),
         connect_timeout: ep.connect_timeout,
-        size: args.size,
+        size: t.size,
         nonce,
         created_at_ms,
     };
     let fan = FanShared { receivers: args.receivers as u64, ..FanShared::default() };
-    let mode = match args.mode {
-        ModeKind::Max => Mode::Max { in_flight: args.window },
+    let mode = match t.mode {
+        ModeKind::Max => Mode::Max { in_flight: t.window },
         ModeKind::Rate => Mode::Rate { interval_ns: (1e9 / rate).max(1.0) as u64, total_pairs: 1 },
     };
     let run = Run { args, shared: &shared, fan: &fan, template, layout, threads, mode, warmup, duration, drain };
@@ -185,14 +151,14 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         workload: "fanout",
         target: ep.target.name(),
         url: ep.url,
-        mode: match args.mode {
+        mode: match t.mode {
             ModeKind::Max => "max",
             ModeKind::Rate => "rate",
         },
         threads,
         message_bytes: layout.len,
-        in_flight: (args.mode == ModeKind::Max).then_some(args.window),
-        rate: (args.mode == ModeKind::Rate).then_some(rate),
+        in_flight: (t.mode == ModeKind::Max).then_some(t.window),
+        rate: (t.mode == ModeKind::Rate).then_some(rate),
         duration_s: secs,
         warmup_s: warmup.as_secs_f64(),
         counts,

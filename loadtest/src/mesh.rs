@@ -34,8 +34,8 @@ use crate::driver::{
 };
 use crate::message::{Layout, Template};
 use crate::run::{
-    MAX_RUN_PAIRS, ModeKind, PairsArgs, Report, RunConfig, TargetArgs, WithProtocol, execute, raise_fd_limit,
-    run_identity, with_protocol,
+    MAX_RUN_PAIRS, Report, RunConfig, TargetArgs, TrafficArgs, WithProtocol, execute, raise_fd_limit, run_identity,
+    with_protocol,
 };
 use crate::target::{Inbound, Protocol, Role, Topology};
 
@@ -52,31 +52,9 @@ pub struct MeshArgs {
     /// destinations per user).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Message size in bytes: the envelope, which is also the MQTT/NATS payload.
-    #[arg(long, default_value_t = 256)]
-    pub size: usize,
-    /// Closed loop (`max`) or fixed total rate (`rate`).
-    #[arg(long, value_enum, default_value_t = ModeKind::Max)]
-    pub mode: ModeKind,
-    /// `max` mode: messages in flight per sender (answers for Switchboard,
-    /// receipts for Mosquitto and NATS).
-    #[arg(long, default_value_t = 32)]
-    pub window: u64,
-    /// `rate` mode: total messages per second over all users.
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Measured window, seconds.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
-    /// Warm-up before the window (sent, not counted), seconds.
-    #[arg(long, default_value_t = 1.0)]
-    pub warmup: f64,
-    /// Longest wait after the window for messages in flight, seconds.
-    #[arg(long, default_value_t = 5.0)]
-    pub drain: f64,
-    /// Generator threads; each drives its share of the users.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    /// Message size, mode, timeline and threads.
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
 }
 
 /// The destinations of one sender: uniformly random other users, from a
@@ -137,19 +115,7 @@ const SETTLE_NS: u64 = 20_000_000;
 /// Runs `loadtest mesh`.
 pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
     ensure!((2..=MAX_RUN_PAIRS).contains(&args.users), "--users must be 2..={MAX_RUN_PAIRS}");
-    let pairs_args = PairsArgs {
-        common: args.common.clone(),
-        pairs: args.users,
-        size: args.size,
-        mode: args.mode,
-        window: args.window,
-        rate: args.rate,
-        duration: args.duration,
-        warmup: args.warmup,
-        drain: args.drain,
-        threads: args.threads,
-    };
-    let cfg = RunConfig::try_from(&pairs_args)?;
+    let cfg = RunConfig::new(&args.common, args.users, &args.traffic)?;
     let ep = crate::run::Endpoint::try_from(&args.common)?;
     raise_fd_limit(cfg.pairs as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;

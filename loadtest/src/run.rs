@@ -149,6 +149,15 @@ pub struct PairsArgs {
     /// Number of sender→receiver pairs (two connections each).
     #[arg(long, default_value_t = 10)]
     pub pairs: usize,
+    /// Message size, mode, timeline and threads.
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+}
+
+/// The traffic flags every sending workload (`pairs`, `mesh`, `fanout`)
+/// shares.
+#[derive(Debug, Clone, Args)]
+pub struct TrafficArgs {
     /// Message size in bytes: the envelope, which is also the MQTT/NATS payload.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
@@ -159,7 +168,8 @@ pub struct PairsArgs {
     /// receipts for Mosquitto and NATS).
     #[arg(long, default_value_t = 32)]
     pub window: u64,
-    /// `rate` mode: total messages per second over all pairs.
+    /// `rate` mode: total messages per second sent (a fan-out delivers K
+    /// times that).
     #[arg(long)]
     pub rate: Option<f64>,
     /// Measured window, seconds.
@@ -171,9 +181,60 @@ pub struct PairsArgs {
     /// Longest wait after the window for messages in flight, seconds.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
-    /// Generator threads; each drives its share of the pairs.
+    /// Generator threads; each drives its share of the connections.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+}
+
+/// [`TrafficArgs`], checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Traffic {
+    /// Message size in bytes.
+    pub size: usize,
+    /// Closed loop or fixed rate.
+    pub mode: ModeKind,
+    /// `max`: in flight per sender.
+    pub window: u64,
+    /// `rate`: total messages/s (0 in `max` mode).
+    pub rate: f64,
+    /// Measured window.
+    pub duration: Duration,
+    /// Warm-up.
+    pub warmup: Duration,
+    /// Longest drain.
+    pub drain: Duration,
+    /// Threads asked for (callers cap it by their connection count).
+    pub threads: usize,
+}
+
+impl TrafficArgs {
+    /// Checks the flags' ranges and their combination.
+    pub fn validate(&self) -> anyhow::Result<Traffic> {
+        ensure!((1..=256).contains(&self.threads), "--threads must be 1..=256");
+        ensure!(self.size <= 65_536, "--size must be at most 65536 bytes");
+        ensure!((1..=1_000_000).contains(&self.window), "--window must be 1..=1000000");
+        let duration = secs(self.duration, "duration", 3600.0)?;
+        ensure!(!duration.is_zero(), "--duration must be positive");
+        let rate = match (self.mode, self.rate) {
+            (ModeKind::Rate, Some(r)) => {
+                ensure!(r.is_finite() && r > 0.0 && r <= 1e8, "--rate must be in (0, 1e8] messages/s");
+                r
+            }
+            (ModeKind::Rate, None) => bail!("--mode rate needs --rate"),
+            (ModeKind::Max, Some(_)) => bail!("--rate only applies to --mode rate"),
+            (ModeKind::Max, None) => 0.0,
+        };
+        Ok(Traffic {
+            size: self.size,
+            mode: self.mode,
+            window: self.window,
+            rate,
+            duration,
+            warmup: secs(self.warmup, "warmup", 600.0)?,
+            drain: secs(self.drain, "drain", 600.0)?,
+            threads: self.threads,
+        })
+    }
 }
 
 /// A validated target: where to connect and how.
@@ -321,44 +382,38 @@ pub struct RunConfig {
     pub connect_timeout: Duration,
 }
 
-impl TryFrom<&PairsArgs> for RunConfig {
-    type Error = anyhow::Error;
-
-    fn try_from(a: &PairsArgs) -> anyhow::Result<Self> {
-        ensure!((1..=MAX_RUN_PAIRS).contains(&a.pairs), "--pairs must be 1..={MAX_RUN_PAIRS}");
-        ensure!((1..=256).contains(&a.threads), "--threads must be 1..=256");
-        ensure!(a.size <= 65_536, "--size must be at most 65536 bytes");
-        ensure!((1..=1_000_000).contains(&a.window), "--window must be 1..=1000000");
-        let duration = secs(a.duration, "duration", 3600.0)?;
-        ensure!(!duration.is_zero(), "--duration must be positive");
-        let rate = match (a.mode, a.rate) {
-            (ModeKind::Rate, Some(r)) => {
-                ensure!(r.is_finite() && r > 0.0 && r <= 1e8, "--rate must be in (0, 1e8] messages/s");
-                r
-            }
-            (ModeKind::Rate, None) => bail!("--mode rate needs --rate"),
-            (ModeKind::Max, Some(_)) => bail!("--rate only applies to --mode rate"),
-            (ModeKind::Max, None) => 0.0,
-        };
-        let ep = Endpoint::try_from(&a.common)?;
+impl RunConfig {
+    /// The configuration of a run over `pairs` pairs (or `mesh` users).
+    pub fn new(common: &TargetArgs, pairs: usize, traffic: &TrafficArgs) -> anyhow::Result<Self> {
+        ensure!((1..=MAX_RUN_PAIRS).contains(&pairs), "--pairs must be 1..={MAX_RUN_PAIRS}");
+        let t = traffic.validate()?;
+        let ep = Endpoint::try_from(common)?;
         Ok(Self {
             target: ep.target,
             url: ep.url,
             addr: ep.addr,
             host: ep.host,
             path: ep.path,
-            pairs: a.pairs,
-            size: a.size,
-            mode: a.mode,
-            window: a.window,
-            rate,
-            duration,
-            warmup: secs(a.warmup, "warmup", 600.0)?,
-            drain: secs(a.drain, "drain", 600.0)?,
-            threads: a.threads.min(a.pairs),
-            server_pid: a.common.server_pid,
+            pairs,
+            size: t.size,
+            mode: t.mode,
+            window: t.window,
+            rate: t.rate,
+            duration: t.duration,
+            warmup: t.warmup,
+            drain: t.drain,
+            threads: t.threads.min(pairs),
+            server_pid: common.server_pid,
             connect_timeout: ep.connect_timeout,
         })
+    }
+}
+
+impl TryFrom<&PairsArgs> for RunConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(a: &PairsArgs) -> anyhow::Result<Self> {
+        Self::new(&a.common, a.pairs, &a.traffic)
     }
 }
 
