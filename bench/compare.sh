@@ -2,9 +2,14 @@
 # Side-by-side load test: Switchboard, Mosquitto and nats-server in turn,
 # each pinned to the same server core(s) with taskset, the generator on the
 # other cores, the same workloads, RUNS runs each: `pairs` (max, rate RATE,
-# rate at half of max), `fanout` 1→FANOUT_K (max), and `idle` (IDLE_CONNS
-# connections, memory per connection, on a fresh server each run). Writes
-# every run as a JSON line and markdown tables of medians (with ranges).
+# rate at half of max), `fanout` 1→FANOUT_K (max), `mesh` of MESH_USERS,
+# `connect` (handshake rate) and `idle` (IDLE_CONNS connections, memory per
+# connection, on a fresh server each run). Writes every run as a JSON line
+# and markdown tables of medians (with ranges).
+#
+# Targets: switchboard (WebSocket), nats-ws and mosquitto-ws (the peers over
+# WebSocket: the like-for-like comparison), nats and mosquitto (their
+# native TCP protocols, for reference).
 #
 # Needs (Debian): mosquitto, nats-server, util-linux (taskset), python3.
 # Installs nothing. Builds release binaries of switchboard and loadtest.
@@ -13,16 +18,17 @@
 # Environment (defaults):
 #   RUNS=3 DURATION=5 PAIRS=100 WINDOW=32 SIZE=256 RATE=20000
 #   FANOUT_K=100 IDLE_CONNS=10000 (lowered to what the fd limit allows)
-#   SERVER_CPUS=0 GEN_CPUS=1 GEN_THREADS=1 TARGETS="switchboard nats mosquitto"
-#   WORKLOADS="pairs fanout mesh idle" MESH_USERS=100
+#   SERVER_CPUS=0 GEN_CPUS=1 GEN_THREADS=1
+#   TARGETS="switchboard nats-ws mosquitto-ws nats mosquitto"
+#   WORKLOADS="pairs fanout mesh connect idle" MESH_USERS=100 CONNECTORS=4
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/target/compare}
 RUNS=${RUNS:-3} DURATION=${DURATION:-5} PAIRS=${PAIRS:-100} WINDOW=${WINDOW:-32} SIZE=${SIZE:-256}
 RATE=${RATE:-20000} SERVER_CPUS=${SERVER_CPUS:-0} GEN_CPUS=${GEN_CPUS:-1} GEN_THREADS=${GEN_THREADS:-1}
-TARGETS=${TARGETS:-"switchboard nats mosquitto"}
-FANOUT_K=${FANOUT_K:-100} IDLE_CONNS=${IDLE_CONNS:-10000} WORKLOADS=${WORKLOADS:-"pairs fanout mesh idle"}
-MESH_USERS=${MESH_USERS:-100}
+TARGETS=${TARGETS:-"switchboard nats-ws mosquitto-ws nats mosquitto"}
+FANOUT_K=${FANOUT_K:-100} IDLE_CONNS=${IDLE_CONNS:-10000} WORKLOADS=${WORKLOADS:-"pairs fanout mesh connect idle"}
+MESH_USERS=${MESH_USERS:-100} CONNECTORS=${CONNECTORS:-4}
 # loadtest raises its soft limit up to the hard one; the servers inherit
 # ours, so raise it here too and keep idle within it.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -63,9 +69,10 @@ wait_port() {
   return 1
 }
 
-start_server() { # target -> sets server_pid and url
+start_server() { # target -> sets server_pid, url and kind (loadtest's --target)
   local port
   port=$(free_port)
+  kind=${1%-ws}
   case "$1" in
     switchboard)
       SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$SERVER_CPUS" "$sb" serve --listen "127.0.0.1:$port" \
@@ -79,6 +86,23 @@ start_server() { # target -> sets server_pid and url
       taskset -c "$SERVER_CPUS" mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosq.log" 2>&1 &
       server_pid=$!
       url="mqtt://127.0.0.1:$port"
+      ;;
+    mosquitto-ws)
+      # Mosquitto 2.0.11 will not start with only a websockets listener, so
+      # it gets an unused TCP one too (and binds websockets to all addresses
+      # whatever the config says; the load stays on loopback).
+      printf 'listener %s 127.0.0.1\nlistener %s 127.0.0.1\nprotocol websockets\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_connections -1\n' \
+        "$(free_port)" "$port" >"$tmp/mosquitto.conf"
+      taskset -c "$SERVER_CPUS" mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosq.log" 2>&1 &
+      server_pid=$!
+      url="ws://127.0.0.1:$port/mqtt"
+      ;;
+    nats-ws)
+      printf 'max_connections: 1000000\nwebsocket { listen: "127.0.0.1:%s", no_tls: true }\n' "$port" >"$tmp/nats.conf"
+      GOMAXPROCS=$(taskset -c "$SERVER_CPUS" nproc) taskset -c "$SERVER_CPUS" nats-server -c "$tmp/nats.conf" \
+        -a 127.0.0.1 -p "$(free_port)" >"$tmp/nats.log" 2>&1 &
+      server_pid=$!
+      url="ws://127.0.0.1:$port"
       ;;
     nats)
       printf 'max_connections: 1000000\n' >"$tmp/nats.conf"
@@ -114,7 +138,7 @@ run() { # target workload-name args...
   local target=$1 name=$2
   shift 2
   local line
-  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" pairs --target "$target" --url "$url" \
+  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" pairs --target "$kind" --url "$url" \
     --pairs "$PAIRS" --size "$SIZE" --duration "$DURATION" --threads "$GEN_THREADS" \
     --server-pid "$server_pid" --json --report "$(report_path "$target" "$name")" "$@")
   record "$target" "$name" "$line"
@@ -123,7 +147,7 @@ run() { # target workload-name args...
 
 run_fanout() { # target
   local line
-  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" fanout --target "$1" --url "$url" \
+  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" fanout --target "$kind" --url "$url" \
     --receivers "$FANOUT_K" --size "$SIZE" --duration "$DURATION" --threads "$GEN_THREADS" \
     --mode max --window "$WINDOW" --server-pid "$server_pid" --json --report "$(report_path "$1" "fanout")")
   record "$1" "fanout-1to$FANOUT_K" "$line"
@@ -132,16 +156,25 @@ run_fanout() { # target
 
 run_mesh() { # target
   local line
-  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" mesh --target "$1" --url "$url" \
+  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" mesh --target "$kind" --url "$url" \
     --users "$MESH_USERS" --size "$SIZE" --duration "$DURATION" --threads "$GEN_THREADS" \
     --mode max --window "$WINDOW" --server-pid "$server_pid" --json --report "$(report_path "$1" "mesh")")
   record "$1" "mesh-$MESH_USERS" "$line"
   echo "$1 mesh $MESH_USERS: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["delivered_per_s"], "msg/s", "p99", d["latency_us"]["p99"], "us", "lost", d["lost"])' "$line")"
 }
 
+run_connect() { # target
+  local line
+  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" connect --target "$kind" --url "$url" \
+    --concurrency "$CONNECTORS" --duration "$DURATION" --server-pid "$server_pid" --json \
+    --report "$(report_path "$1" "connect")")
+  record "$1" "connect-$CONNECTORS" "$line"
+  echo "$1 connect: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["connects_per_s"]), "connects/s", "p99", d["handshake_latency_us"]["p99"], "us", "failures", d["failures"])' "$line")"
+}
+
 run_idle() { # target (on a fresh server)
   local line
-  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" idle --target "$1" --url "$url" \
+  line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" idle --target "$kind" --url "$url" \
     --connections "$IDLE_CONNS" --settle 2 --threads "$GEN_THREADS" --server-pid "$server_pid" --json)
   record "$1" "idle-$IDLE_CONNS" "$line"
   echo "$1 idle $IDLE_CONNS: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["bytes_per_connection"]), "bytes/connection,", d["open"], "open")' "$line")"
@@ -177,6 +210,11 @@ PY
   if has mesh; then
     for i in $(seq 1 "$RUNS"); do
       run_mesh "$target"
+    done
+  fi
+  if has connect; then
+    for i in $(seq 1 "$RUNS"); do
+      run_connect "$target"
     done
   fi
   stop_server

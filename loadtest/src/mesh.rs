@@ -116,7 +116,6 @@ const SETTLE_NS: u64 = 20_000_000;
 pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
     ensure!((2..=MAX_RUN_PAIRS).contains(&args.users), "--users must be 2..={MAX_RUN_PAIRS}");
     let cfg = RunConfig::new(&args.common, args.users, &args.traffic)?;
-    let ep = crate::run::Endpoint::try_from(&args.common)?;
     raise_fd_limit(cfg.pairs as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
     let layout = Template::mesh(0, cfg.size, nonce, created_at_ms)?.layout();
@@ -125,7 +124,7 @@ pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
         barrier: Barrier::new(cfg.threads.clamp(1, cfg.pairs) + 1),
         abort: AtomicBool::new(false),
         plan: OnceLock::new(),
-        connect_timeout: cfg.connect_timeout,
+        connect_timeout: cfg.ep.connect_timeout,
         size: cfg.size,
         nonce,
         created_at_ms,
@@ -146,7 +145,7 @@ pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
             execute(proto, self.0, self.1, "mesh", |p: &P, users, shared| drive(p, users, shared, mesh))
         }
     }
-    let mut report = with_protocol(&args.common, &ep, nonce, layout, Topology::Pairs, Mesh(&cfg, &shared, &mesh))??;
+    let mut report = with_protocol(&args.common, &cfg.ep, nonce, layout, Topology::Pairs, Mesh(&cfg, &shared, &mesh))??;
     report.message_bytes = layout.len;
     report.seed = Some(args.seed);
     Ok(report)

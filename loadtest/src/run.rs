@@ -21,6 +21,7 @@ use crate::progress::Progress;
 use crate::target::mqtt::Mqtt;
 use crate::target::nats::Nats;
 use crate::target::switchboard::Switchboard;
+use crate::target::ws::{Tunneled, WsTunnel};
 use crate::target::{Protocol, Topology};
 use crate::{cpu, html};
 
@@ -58,9 +59,11 @@ pub enum Command {
 pub enum TargetKind {
     /// Switchboard over WebSocket (`ws://HOST:PORT/connect`).
     Switchboard,
-    /// Mosquitto (any MQTT 3.1.1 broker) over TCP (`mqtt://HOST:PORT`).
+    /// Mosquitto (any MQTT 3.1.1 broker) over TCP (`mqtt://HOST:PORT`) or
+    /// WebSocket (`ws://HOST:PORT/PATH`, a `protocol websockets` listener).
     Mosquitto,
-    /// nats-server, core protocol over TCP (`nats://HOST:PORT`).
+    /// nats-server, core protocol over TCP (`nats://HOST:PORT`) or WebSocket
+    /// (`ws://HOST:PORT`, its `websocket` block).
     Nats,
 }
 
@@ -85,8 +88,8 @@ impl TargetKind {
     fn schemes(self) -> &'static [&'static str] {
         match self {
             Self::Switchboard => &["ws"],
-            Self::Mosquitto => &["mqtt", "tcp"],
-            Self::Nats => &["nats", "tcp"],
+            Self::Mosquitto => &["mqtt", "tcp", "ws"],
+            Self::Nats => &["nats", "tcp", "ws"],
         }
     }
 }
@@ -108,7 +111,8 @@ pub struct TargetArgs {
     #[arg(long, value_enum)]
     pub target: TargetKind,
     /// Where it listens (loopback only); default per target:
-    /// ws://127.0.0.1:8080/connect, mqtt://127.0.0.1:1883, nats://127.0.0.1:4222.
+    /// ws://127.0.0.1:8080/connect, mqtt://127.0.0.1:1883, nats://127.0.0.1:4222;
+    /// Mosquitto and nats-server also take a ws:// URL (MQTT or NATS over WebSocket).
     #[arg(long)]
     pub url: Option<String>,
     /// The server's process id, to report its CPU use (and, for `idle`, its
@@ -250,6 +254,8 @@ pub struct Endpoint {
     pub host: String,
     /// Path for the WebSocket upgrade.
     pub path: String,
+    /// Over WebSocket (a `ws://` URL).
+    pub websocket: bool,
     /// Handshake bound.
     pub connect_timeout: Duration,
 }
@@ -276,6 +282,7 @@ impl TryFrom<&TargetArgs> for Endpoint {
             url: url.clone(),
             addr,
             host: host.to_owned(),
+            websocket: scheme == "ws",
             path: if a.target == TargetKind::Switchboard && path == "/" {
                 "/connect".to_owned()
             } else {
@@ -328,9 +335,14 @@ pub(crate) fn with_protocol<W: WithProtocol>(
                 Topology::Fanout => w.run(&proto.with_room(room_name(nonce))),
             }
         }
-        TargetKind::Mosquitto => w.run(&Mqtt::new(ep.addr, nonce).with_topology(topology)),
-        TargetKind::Nats => w.run(&Nats::new(ep.addr, nonce).with_topology(topology)),
+        TargetKind::Mosquitto => tunnel(ep, w, Mqtt::new(ep.addr, nonce).with_topology(topology)),
+        TargetKind::Nats => tunnel(ep, w, Nats::new(ep.addr, nonce).with_topology(topology)),
     })
+}
+
+/// Runs `w` with `proto` as it is, or over WebSocket for a `ws://` URL.
+fn tunnel<W: WithProtocol, P: Tunneled>(ep: &Endpoint, w: W, proto: P) -> W::Out {
+    if ep.websocket { w.run(&WsTunnel::new(proto, ep.addr, ep.host.clone(), ep.path.clone())) } else { w.run(&proto) }
 }
 
 /// A random non-zero run nonce and the envelopes' creation time.
@@ -348,16 +360,8 @@ pub const MAX_RUN_PAIRS: usize = 100_000;
 /// A validated run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// The server kind.
-    pub target: TargetKind,
-    /// The URL as given (or the default).
-    pub url: String,
-    /// The resolved loopback address.
-    pub addr: SocketAddr,
-    /// `host[:port]` for the WebSocket upgrade.
-    pub host: String,
-    /// Path for the WebSocket upgrade.
-    pub path: String,
+    /// The target.
+    pub ep: Endpoint,
     /// Pairs.
     pub pairs: usize,
     /// Requested message size.
@@ -378,8 +382,6 @@ pub struct RunConfig {
     pub threads: usize,
     /// Server process for CPU sampling.
     pub server_pid: Option<u32>,
-    /// Handshake bound.
-    pub connect_timeout: Duration,
 }
 
 impl RunConfig {
@@ -389,11 +391,7 @@ impl RunConfig {
         let t = traffic.validate()?;
         let ep = Endpoint::try_from(common)?;
         Ok(Self {
-            target: ep.target,
-            url: ep.url,
-            addr: ep.addr,
-            host: ep.host,
-            path: ep.path,
+            ep,
             pairs,
             size: t.size,
             mode: t.mode,
@@ -404,7 +402,6 @@ impl RunConfig {
             drain: t.drain,
             threads: t.threads.min(pairs),
             server_pid: common.server_pid,
-            connect_timeout: ep.connect_timeout,
         })
     }
 }
@@ -574,7 +571,6 @@ pub struct Report {
 /// Runs `loadtest pairs`.
 pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
     let cfg = RunConfig::try_from(args)?;
-    let ep = Endpoint::try_from(&args.common)?;
     raise_fd_limit(2 * cfg.pairs as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
     let layout = Template::new(0, cfg.size, nonce, created_at_ms)?.layout();
@@ -583,7 +579,7 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
         barrier: Barrier::new(cfg.threads + 1),
         abort: AtomicBool::new(false),
         plan: OnceLock::new(),
-        connect_timeout: cfg.connect_timeout,
+        connect_timeout: cfg.ep.connect_timeout,
         size: cfg.size,
         nonce,
         created_at_ms,
@@ -595,7 +591,7 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
             execute(proto, self.0, self.1, "pairs", driver::drive::<P>)
         }
     }
-    let mut report = with_protocol(&args.common, &ep, nonce, layout, Topology::Pairs, Pairs(&cfg, &shared))??;
+    let mut report = with_protocol(&args.common, &cfg.ep, nonce, layout, Topology::Pairs, Pairs(&cfg, &shared))??;
     report.message_bytes = layout.len;
     Ok(report)
 }
@@ -729,8 +725,8 @@ where
         let mesh = workload == "mesh";
         Ok(Report {
             workload,
-            target: cfg.target.name(),
-            url: cfg.url.clone(),
+            target: cfg.ep.target.name(),
+            url: cfg.ep.url.clone(),
             mode: match cfg.mode {
                 ModeKind::Max => "max",
                 ModeKind::Rate => "rate",
@@ -904,17 +900,21 @@ mod tests {
     #[test]
     fn flags_are_validated() {
         let ok = RunConfig::try_from(&args(&["--target", "switchboard"])).unwrap();
-        assert_eq!((ok.path.as_str(), ok.addr.port()), ("/connect", 8080));
+        assert_eq!((ok.ep.path.as_str(), ok.ep.addr.port()), ("/connect", 8080));
         for bad in [
             &["--target", "nats", "--mode", "rate"][..],
             &["--target", "nats", "--rate", "5"],
             &["--target", "nats", "--pairs", "0"],
             &["--target", "nats", "--duration", "0"],
-            &["--target", "mosquitto", "--url", "ws://127.0.0.1:1883"],
+            &["--target", "mosquitto", "--url", "nats://127.0.0.1:1883"],
             &["--target", "switchboard", "--url", "127.0.0.1:8080"],
         ] {
             assert!(RunConfig::try_from(&args(bad)).is_err(), "{bad:?}");
         }
+        let ws = RunConfig::try_from(&args(&["--target", "mosquitto", "--url", "ws://127.0.0.1:9001/mqtt"])).unwrap();
+        assert!(ws.ep.websocket && ws.ep.path == "/mqtt");
+        let tcp = RunConfig::try_from(&args(&["--target", "nats"])).unwrap();
+        assert!(!tcp.ep.websocket);
         let r = RunConfig::try_from(&args(&["--target", "mosquitto", "--mode", "rate", "--rate", "100"])).unwrap();
         assert_eq!(r.rate, 100.0);
     }

@@ -1,7 +1,8 @@
 //! End-to-end smoke tests of the load generator: short, low-rate `pairs`,
 //! `fanout` and `mesh` runs, a few `idle` connections and a short `connect` storm
 //! of the real `loadtest` binary against a fresh `switchboard serve`,
-//! Mosquitto and nats-server (each started here on a loopback port with a
+//! Mosquitto and nats-server (over TCP, and `pairs` and `fanout` over
+//! WebSocket too; each started here on a loopback port with a
 //! temp directory and stopped by PID), checking that the JSON report's
 //! counts are consistent and nothing was lost. No timing assertions.
 //!
@@ -48,6 +49,22 @@ fn pairs_against_nats_loses_nothing() {
     let url = format!("nats://{}", server.addr);
     let report = loadtest(&server, "nats", &url, &[]);
     check_consistent(&report);
+}
+
+#[test]
+fn pairs_against_mosquitto_over_websocket_loses_nothing() {
+    let server = Server::mosquitto_ws();
+    let (url, _) = target_flags(&server, "mosquitto");
+    let report = loadtest(&server, "mosquitto", &url, &[]);
+    check_consistent(&report);
+    assert!(report["url"].as_str().unwrap().starts_with("ws://"), "{report}");
+}
+
+#[test]
+fn pairs_against_nats_over_websocket_loses_nothing() {
+    let server = Server::nats_ws();
+    let (url, _) = target_flags(&server, "nats");
+    check_consistent(&loadtest(&server, "nats", &url, &[]));
 }
 
 /// Receivers of the fan-out smoke runs.
@@ -97,6 +114,16 @@ fn fanout_against_switchboard_reaches_every_receiver() {
 fn fanout_against_mosquitto_reaches_every_receiver() {
     let server = Server::mosquitto();
     fanout(&server, "mosquitto", &[]);
+}
+
+#[test]
+fn fanout_against_mosquitto_over_websocket_reaches_every_receiver() {
+    fanout(&Server::mosquitto_ws(), "mosquitto", &[]);
+}
+
+#[test]
+fn fanout_against_nats_over_websocket_reaches_every_receiver() {
+    fanout(&Server::nats_ws(), "nats", &[]);
 }
 
 #[test]
@@ -278,7 +305,9 @@ fn target_flags(server: &Server, target: &str) -> (String, Vec<String>) {
             format!("ws://{}/connect", server.addr),
             vec!["--data-dir".to_owned(), path_str(server.dir.path()).to_owned()],
         ),
+        "mosquitto" if server.websocket => (format!("ws://{}/mqtt", server.addr), Vec::new()),
         "mosquitto" => (format!("mqtt://{}", server.addr), Vec::new()),
+        _ if server.websocket => (format!("ws://{}", server.addr), Vec::new()),
         _ => (format!("nats://{}", server.addr), Vec::new()),
     }
 }
@@ -321,6 +350,8 @@ struct Server {
     child: Child,
     addr: String,
     dir: tempfile::TempDir,
+    /// A peer listening for its protocol over WebSocket.
+    websocket: bool,
 }
 
 impl Server {
@@ -349,7 +380,7 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let mut server = Self { child, addr: String::new(), dir };
+        let mut server = Self { child, addr: String::new(), dir, websocket: false };
         let deadline = Instant::now() + Duration::from_secs(20);
         while server.addr.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -364,12 +395,27 @@ impl Server {
     }
 
     fn mosquitto() -> Self {
+        Self::mosquitto_with(false)
+    }
+
+    /// Mosquitto with a `protocol websockets` listener (2.0.11 also needs a
+    /// plain one to start).
+    fn mosquitto_ws() -> Self {
+        Self::mosquitto_with(true)
+    }
+
+    fn mosquitto_with(websocket: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
+        let listener = if websocket {
+            format!("listener {} 127.0.0.1\nlistener {port} 127.0.0.1\nprotocol websockets\n", free_port())
+        } else {
+            format!("listener {port} 127.0.0.1\n")
+        };
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nlog_dest none\n"),
+            format!("{listener}allow_anonymous true\npersistence false\nset_tcp_nodelay true\nlog_dest none\n"),
         )
         .expect("write mosquitto.conf");
         let child = Command::new(system_bin("mosquitto"))
@@ -379,25 +425,38 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn mosquitto");
-        Self::listening(child, port, dir)
+        Self::listening(child, port, dir, websocket)
     }
 
     fn nats() -> Self {
+        Self::nats_with(false)
+    }
+
+    /// nats-server with a `websocket` listener (no TLS, loopback).
+    fn nats_ws() -> Self {
+        Self::nats_with(true)
+    }
+
+    fn nats_with(websocket: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let child = Command::new(system_bin("nats-server"))
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        Self::listening(child, port, dir)
+        let mut cmd = Command::new(system_bin("nats-server"));
+        if websocket {
+            let conf = dir.path().join("nats.conf");
+            std::fs::write(&conf, format!("websocket {{ listen: \"127.0.0.1:{port}\", no_tls: true }}\n"))
+                .expect("write nats.conf");
+            cmd.args(["-a", "127.0.0.1", "-p", &free_port().to_string(), "-c", path_str(&conf)]);
+        } else {
+            cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        }
+        let child =
+            cmd.current_dir(dir.path()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server");
+        Self::listening(child, port, dir, websocket)
     }
 
     /// Waits (with a deadline) until the server accepts connections.
-    fn listening(child: Child, port: u16, dir: tempfile::TempDir) -> Self {
-        let mut server = Self { child, addr: format!("127.0.0.1:{port}"), dir };
+    fn listening(child: Child, port: u16, dir: tempfile::TempDir, websocket: bool) -> Self {
+        let mut server = Self { child, addr: format!("127.0.0.1:{port}"), dir, websocket };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&server.addr).is_err() {
             if let Ok(Some(status)) = server.child.try_wait() {

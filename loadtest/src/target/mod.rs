@@ -19,6 +19,7 @@ use crate::accounting::Answer;
 pub mod mqtt;
 pub mod nats;
 pub mod switchboard;
+pub mod ws;
 
 /// Which end of a pair a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +161,37 @@ pub(crate) fn read_until(
             }
             Err(e) => return Err(e).context("reading the handshake answer"),
         }
+    }
+}
+
+/// The byte stream a protocol's handshake runs over: the socket itself, or
+/// WebSocket frames on it ([`ws::WsTunnel`]). Blocking.
+pub trait HandshakeIo {
+    /// Writes all of `bytes`.
+    fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()>;
+
+    /// Reads into `buf` until `done(buf)` returns the length of the answer
+    /// (bytes after it stay in `buf`), within `timeout`.
+    fn read_until(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Duration,
+        done: impl FnMut(&[u8]) -> anyhow::Result<Option<usize>>,
+    ) -> anyhow::Result<usize>;
+}
+
+impl HandshakeIo for TcpStream {
+    fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        write_all(self, bytes)
+    }
+
+    fn read_until(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Duration,
+        done: impl FnMut(&[u8]) -> anyhow::Result<Option<usize>>,
+    ) -> anyhow::Result<usize> {
+        read_until(self, buf, timeout, done)
     }
 }
 

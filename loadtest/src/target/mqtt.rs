@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure};
 
-use super::{Connected, Inbound, ProtoError, Protocol, Role, Topology, read_until, tcp_connect, write_all};
+use super::ws::Tunneled;
+use super::{Connected, HandshakeIo, Inbound, ProtoError, Protocol, Role, Topology, tcp_connect};
 
 /// The Mosquitto target.
 #[derive(Debug)]
@@ -61,41 +62,8 @@ impl Protocol for Mqtt {
 
     fn connect(&self, pair: usize, role: Role, timeout: Duration) -> anyhow::Result<Connected<MqttConn>> {
         let mut stream = tcp_connect(self.addr, timeout)?;
-        let kind = match role {
-            Role::Sender => 's',
-            Role::Receiver => 'r',
-            Role::Idle => 'i',
-        };
-        let client_id = format!("lt-{:08x}-{kind}-{pair:06}", self.nonce);
-        // CONNECT: protocol "MQTT" level 4, clean session, keep-alive off
-        // (a receiver sends nothing during a run).
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0];
-        put_str(&mut body, client_id.as_bytes());
-        let mut packet = Vec::new();
-        packet_header(&mut packet, 0x10, body.len());
-        packet.extend_from_slice(&body);
-        write_all(&mut stream, &packet)?;
-        let mut buf = Vec::new();
-        read_until(&mut stream, &mut buf, timeout, |b| Ok((b.len() >= 4).then_some(4)))?;
-        ensure!(buf[..2] == [0x20, 2], "{client_id}: expected CONNACK, got {:02x?}", &buf[..4]);
-        ensure!(buf[3] == 0, "{client_id}: the broker refused the connection (CONNACK code {})", buf[3]);
-        let topic = self.topic(pair);
-        if role == Role::Receiver {
-            // SUBSCRIBE packet id 1, the topic at QoS 0; SUBACK 90 03 00 01 00.
-            let mut body = vec![0, 1];
-            put_str(&mut body, &topic);
-            body.push(0);
-            packet.clear();
-            packet_header(&mut packet, 0x82, body.len());
-            packet.extend_from_slice(&body);
-            write_all(&mut stream, &packet)?;
-            read_until(&mut stream, &mut buf, timeout, |b| Ok((b.len() >= 9).then_some(9)))?;
-            if buf[4..9] != [0x90, 3, 0, 1, 0] {
-                bail!("{client_id}: subscription refused: {:02x?}", &buf[4..9]);
-            }
-        }
-        let used = if role == Role::Receiver { 9 } else { 4 };
-        Ok(Connected { stream, conn: MqttConn { topic }, leftover: buf.split_off(used) })
+        let (conn, leftover) = self.handshake(&mut stream, pair, role, timeout)?;
+        Ok(Connected { stream, conn, leftover })
     }
 
     fn retarget(conn: &mut MqttConn, user: usize) {
@@ -142,6 +110,71 @@ impl Protocol for Mqtt {
             pos += end;
         }
         Ok(pos)
+    }
+}
+
+/// MQTT over WebSocket: Mosquitto's `protocol websockets` listener, one
+/// packet per binary frame, subprotocol `mqtt` (MQTT 3.1.1 §6).
+impl Tunneled for Mqtt {
+    const SUBPROTOCOL: Option<&'static str> = Some("mqtt");
+
+    fn handshake(
+        &self,
+        io: &mut impl HandshakeIo,
+        pair: usize,
+        role: Role,
+        timeout: Duration,
+    ) -> anyhow::Result<(MqttConn, Vec<u8>)> {
+        let kind = match role {
+            Role::Sender => 's',
+            Role::Receiver => 'r',
+            Role::Idle => 'i',
+        };
+        let client_id = format!("lt-{:08x}-{kind}-{pair:06}", self.nonce);
+        // CONNECT: protocol "MQTT" level 4, clean session, keep-alive off
+        // (a receiver sends nothing during a run).
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0];
+        put_str(&mut body, client_id.as_bytes());
+        let mut packet = Vec::new();
+        packet_header(&mut packet, 0x10, body.len());
+        packet.extend_from_slice(&body);
+        io.send(&packet)?;
+        let mut buf = Vec::new();
+        io.read_until(&mut buf, timeout, |b| Ok((b.len() >= 4).then_some(4)))?;
+        ensure!(buf[..2] == [0x20, 2], "{client_id}: expected CONNACK, got {:02x?}", &buf[..4]);
+        ensure!(buf[3] == 0, "{client_id}: the broker refused the connection (CONNACK code {})", buf[3]);
+        let topic = self.topic(pair);
+        if role == Role::Receiver {
+            // SUBSCRIBE packet id 1, the topic at QoS 0; SUBACK 90 03 00 01 00.
+            let mut body = vec![0, 1];
+            put_str(&mut body, &topic);
+            body.push(0);
+            packet.clear();
+            packet_header(&mut packet, 0x82, body.len());
+            packet.extend_from_slice(&body);
+            io.send(&packet)?;
+            io.read_until(&mut buf, timeout, |b| Ok((b.len() >= 9).then_some(9)))?;
+            if buf[4..9] != [0x90, 3, 0, 1, 0] {
+                bail!("{client_id}: subscription refused: {:02x?}", &buf[4..9]);
+            }
+        }
+        let used = if role == Role::Receiver { 9 } else { 4 };
+        Ok((MqttConn { topic }, buf.split_off(used)))
+    }
+
+    fn message_len(conn: &MqttConn, msg_len: usize) -> usize {
+        let body = 2 + conn.topic.len() + msg_len;
+        1 + remaining_length_len(body) + body
+    }
+}
+
+/// How many bytes the remaining length `len` takes.
+fn remaining_length_len(len: usize) -> usize {
+    match len {
+        0..128 => 1,
+        128..16_384 => 2,
+        16_384..2_097_152 => 3,
+        _ => 4,
     }
 }
 
@@ -206,6 +239,7 @@ mod tests {
             let mut out = Vec::new();
             packet_header(&mut out, 0x30, value);
             assert_eq!(&out[1..], bytes, "{value}");
+            assert_eq!(remaining_length_len(value), bytes.len(), "{value}");
             assert_eq!(remaining_length(bytes).unwrap(), Some((value, bytes.len())));
         }
         assert_eq!(remaining_length(&[0x80, 0x80]).unwrap(), None);

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::{Connected, Inbound, ProtoError, Protocol, Role, Topology, find, read_until, tcp_connect, write_all};
+use super::ws::Tunneled;
+use super::{Connected, HandshakeIo, Inbound, ProtoError, Protocol, Role, Topology, find, tcp_connect};
 
 /// The nats-server target.
 #[derive(Debug)]
@@ -58,35 +59,9 @@ impl Protocol for Nats {
     }
 
     fn connect(&self, pair: usize, role: Role, timeout: Duration) -> anyhow::Result<Connected<NatsConn>> {
-        let subject = self.subject(pair);
         let mut stream = tcp_connect(self.addr, timeout)?;
-        let mut buf = Vec::new();
-        let info_end = read_until(&mut stream, &mut buf, timeout, |b| Ok(find(b, b"\r\n").map(|i| i + 2)))?;
-        if !buf.starts_with(b"INFO ") {
-            bail!("not a NATS server: {}", String::from_utf8_lossy(&buf[..info_end]).trim_end());
-        }
-        buf.drain(..info_end);
-        let mut hello = String::from(
-            "CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false,\"protocol\":1,\"name\":\"loadtest\"}\r\n",
-        );
-        if role == Role::Receiver {
-            hello.push_str(&format!("SUB {subject} 1\r\n"));
-        }
-        // The PONG proves the server processed CONNECT and SUB.
-        hello.push_str("PING\r\n");
-        write_all(&mut stream, hello.as_bytes())?;
-        let end = read_until(&mut stream, &mut buf, timeout, |b| {
-            if let Some(i) = find(b, b"-ERR") {
-                let line = b[i..].split(|&c| c == b'\r').next().unwrap_or_default();
-                bail!("nats-server refused: {}", String::from_utf8_lossy(line));
-            }
-            Ok(find(b, b"PONG\r\n").map(|i| i + 6))
-        })?;
-        Ok(Connected {
-            stream,
-            conn: NatsConn { pub_prefix: format!("PUB {subject} ").into_bytes() },
-            leftover: buf.split_off(end),
-        })
+        let (conn, leftover) = self.handshake(&mut stream, pair, role, timeout)?;
+        Ok(Connected { stream, conn, leftover })
     }
 
     fn retarget(conn: &mut NatsConn, user: usize) {
@@ -142,6 +117,54 @@ impl Protocol for Nats {
         }
         Ok(pos)
     }
+}
+
+/// NATS over WebSocket: nats-server's `websocket` listener (no
+/// subprotocol; protocol lines in binary frames, split anywhere).
+impl Tunneled for Nats {
+    const SUBPROTOCOL: Option<&'static str> = None;
+
+    fn handshake(
+        &self,
+        io: &mut impl HandshakeIo,
+        pair: usize,
+        role: Role,
+        timeout: Duration,
+    ) -> anyhow::Result<(NatsConn, Vec<u8>)> {
+        let subject = self.subject(pair);
+        let mut buf = Vec::new();
+        let info_end = io.read_until(&mut buf, timeout, |b| Ok(find(b, b"\r\n").map(|i| i + 2)))?;
+        if !buf.starts_with(b"INFO ") {
+            bail!("not a NATS server: {}", String::from_utf8_lossy(&buf[..info_end]).trim_end());
+        }
+        buf.drain(..info_end);
+        let mut hello = String::from(
+            "CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false,\"protocol\":1,\"name\":\"loadtest\"}\r\n",
+        );
+        if role == Role::Receiver {
+            hello.push_str(&format!("SUB {subject} 1\r\n"));
+        }
+        // The PONG proves the server processed CONNECT and SUB.
+        hello.push_str("PING\r\n");
+        io.send(hello.as_bytes())?;
+        let end = io.read_until(&mut buf, timeout, |b| {
+            if let Some(i) = find(b, b"-ERR") {
+                let line = b[i..].split(|&c| c == b'\r').next().unwrap_or_default();
+                bail!("nats-server refused: {}", String::from_utf8_lossy(line));
+            }
+            Ok(find(b, b"PONG\r\n").map(|i| i + 6))
+        })?;
+        Ok((NatsConn { pub_prefix: format!("PUB {subject} ").into_bytes() }, buf.split_off(end)))
+    }
+
+    fn message_len(conn: &NatsConn, msg_len: usize) -> usize {
+        conn.pub_prefix.len() + decimal_len(msg_len) + 2 + msg_len + 2
+    }
+}
+
+/// How many decimal digits `n` has.
+fn decimal_len(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// Appends `n` in decimal without allocating.
@@ -208,6 +231,7 @@ mod tests {
             let mut out = Vec::new();
             put_decimal(&mut out, n);
             assert_eq!(out, n.to_string().as_bytes());
+            assert_eq!(decimal_len(n), out.len());
         }
         assert_eq!(parse_decimal(b"123"), Some(123));
         assert_eq!(parse_decimal(b"12a"), None);

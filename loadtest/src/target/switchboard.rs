@@ -3,12 +3,8 @@
 //! For fan-out every receiver joins one room (`join-room`, awaiting `done`)
 //! during its handshake.
 //!
-//! A minimal client side of RFC 6455, enough for a well-behaved server:
-//! one frame per message (the server does not fragment), client frames
-//! masked with the all-zero key (legal, and it makes masking free for the
-//! generator; the server still runs its unmasking pass). The upgrade
-//! answer's `Sec-WebSocket-Accept` is not checked: the target is our own
-//! server on loopback, and the 101 status is.
+//! The WebSocket side is [`super::ws`]'s; one frame per message (the
+//! server does not fragment, so a fragment is a violation here).
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,12 +14,10 @@ use serde::Serialize;
 use switchboard_protocol::frame::{FRAME_HEADER_LEN, SEND_HEADER};
 use switchboard_protocol::{EnvelopeId, Frame, Limits, Outcome, RoomName};
 
-use super::{Connected, Inbound, ProtoError, Protocol, Role, find, read_until, tcp_connect, write_all};
+use super::ws::{self, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, client_header, server_frame};
+use super::{Connected, Inbound, ProtoError, Protocol, Role, read_until, tcp_connect, write_all};
 use crate::accounting::Answer;
 use crate::message::{Layout, receiver_user, sender_user};
-
-/// Longest client frame header: 2 + 8 (length) + 4 (mask).
-const MAX_CLIENT_HEADER: usize = 14;
 
 /// The Switchboard target.
 #[derive(Debug)]
@@ -94,8 +88,7 @@ impl Switchboard {
 impl Protocol for Switchboard {
     type Conn = WsConn;
     const ANSWERS: bool = true;
-    /// A masked (zero key) close frame without a status.
-    const GOODBYE: &'static [u8] = &[0x80 | OP_CLOSE, 0x80, 0, 0, 0, 0];
+    const GOODBYE: &'static [u8] = ws::CLOSE;
 
     fn offline_conn(&self, _pair: usize) -> WsConn {
         self.conn_state()
@@ -109,21 +102,9 @@ impl Protocol for Switchboard {
         };
         let token = self.token(&user)?;
         let mut stream = tcp_connect(self.addr, timeout)?;
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: switchboard.v1\r\nAuthorization: Bearer {}\r\n\r\n",
-            self.path, self.host, token
-        );
-        write_all(&mut stream, request.as_bytes())?;
-        let mut buf = Vec::new();
-        let end = read_until(&mut stream, &mut buf, timeout, |b| Ok(find(b, b"\r\n\r\n").map(|i| i + 4)))?;
-        let status = buf.split(|&b| b == b'\r').next().unwrap_or_default();
-        if !status.starts_with(b"HTTP/1.1 101") {
-            let head = String::from_utf8_lossy(&buf[..end]);
-            bail!("{user}: the server refused the upgrade: {}", head.lines().next().unwrap_or_default());
-        }
-        buf.drain(..end);
+        let headers = format!("Sec-WebSocket-Protocol: switchboard.v1\r\nAuthorization: Bearer {token}\r\n");
+        let mut buf =
+            ws::upgrade(&mut stream, &self.host, &self.path, &headers, timeout).with_context(|| user.clone())?;
         if let (Role::Receiver, Some(room)) = (role, &self.room) {
             let join = Frame::JoinRoom { request_id: 1, room: RoomName::parse(room).context("room name")? };
             let mut out = Vec::new();
@@ -151,21 +132,20 @@ impl Protocol for Switchboard {
         on: &mut impl FnMut(Inbound<'_>),
     ) -> Result<usize, ProtoError> {
         let mut pos = 0;
-        while let Some((opcode, payload, next)) = server_frame(&buf[pos..])? {
-            let payload = &buf[pos + payload.start..pos + payload.end];
-            pos += next;
-            match opcode {
+        while let Some(f) = server_frame(&buf[pos..])? {
+            if !f.fin {
+                return Err(ProtoError::Violation("fragmented frame from the server".into()));
+            }
+            let payload = &buf[pos + f.payload.start..pos + f.payload.end];
+            pos += f.payload.end;
+            match f.opcode {
                 OP_BINARY => handle_frame(conn, payload, out, on)?,
                 OP_PING => {
                     client_header(out, payload.len(), OP_PONG);
                     out.extend_from_slice(payload);
                 }
                 OP_PONG => {}
-                OP_CLOSE => {
-                    let code = payload.first_chunk::<2>().map_or(1005, |c| u16::from_be_bytes(*c));
-                    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
-                    return Err(ProtoError::Closed(format!("WebSocket close {code} {reason}")));
-                }
+                OP_CLOSE => return Err(ws::closed(payload)),
                 other => return Err(ProtoError::Violation(format!("unexpected WebSocket opcode {other:#x}"))),
             }
         }
@@ -177,10 +157,10 @@ impl Protocol for Switchboard {
 /// answers join request 1; `None` until it arrived.
 fn joined(buf: &[u8], limits: &Limits) -> anyhow::Result<Option<usize>> {
     let mut pos = 0;
-    while let Some((opcode, payload, next)) = server_frame(&buf[pos..])? {
-        let payload = &buf[pos + payload.start..pos + payload.end];
-        pos += next;
-        if opcode != OP_BINARY {
+    while let Some(f) = server_frame(&buf[pos..])? {
+        let payload = &buf[pos + f.payload.start..pos + f.payload.end];
+        pos += f.payload.end;
+        if f.opcode != OP_BINARY {
             continue;
         }
         match Frame::decode(payload, limits)? {
@@ -191,11 +171,6 @@ fn joined(buf: &[u8], limits: &Limits) -> anyhow::Result<Option<usize>> {
     }
     Ok(None)
 }
-
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xa;
 
 fn handle_frame(
     conn: &mut WsConn,
@@ -232,76 +207,12 @@ fn handle_frame(
     Ok(())
 }
 
-/// Appends the header of a final, masked (all-zero key) client frame.
-fn client_header(out: &mut Vec<u8>, len: usize, opcode: u8) {
-    let mut h = [0u8; MAX_CLIENT_HEADER];
-    h[0] = 0x80 | opcode;
-    let n = if len < 126 {
-        h[1] = 0x80 | len as u8;
-        2
-    } else if let Ok(len) = u16::try_from(len) {
-        h[1] = 0x80 | 126;
-        h[2..4].copy_from_slice(&len.to_be_bytes());
-        4
-    } else {
-        h[1] = 0x80 | 127;
-        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    };
-    // The 4 mask bytes stay zero.
-    out.extend_from_slice(&h[..n + 4]);
-}
-
-/// Parses one unmasked, final server frame from the front of `buf`:
-/// `(opcode, payload range, frame length)`, or `None` if incomplete.
-fn server_frame(buf: &[u8]) -> Result<Option<(u8, std::ops::Range<usize>, usize)>, ProtoError> {
-    let Some(&[b0, b1]) = buf.first_chunk::<2>() else {
-        return Ok(None);
-    };
-    if b0 & 0x80 == 0 || b0 & 0x70 != 0 {
-        return Err(ProtoError::Violation("fragmented frame or reserved bits from the server".into()));
-    }
-    if b1 & 0x80 != 0 {
-        return Err(ProtoError::Violation("masked frame from the server".into()));
-    }
-    let (len, start) = match b1 & 0x7f {
-        126 => match buf.get(2..4) {
-            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
-            None => return Ok(None),
-        },
-        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            Some(b) => (u64::from_be_bytes(b), 10),
-            None => return Ok(None),
-        },
-        n => (u64::from(n), 2),
-    };
-    let len = usize::try_from(len).map_err(|_| ProtoError::Violation("frame too large".into()))?;
-    let end = start + len;
-    if buf.len() < end {
-        return Ok(None);
-    }
-    Ok(Some((b0 & 0x0f, start..end, end)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn conn() -> WsConn {
         WsConn { id_off: 0, limits: Limits::default() }
-    }
-
-    #[test]
-    fn client_headers_are_masked_with_a_zero_key() {
-        let mut out = Vec::new();
-        client_header(&mut out, 5, OP_BINARY);
-        assert_eq!(out, [0x82, 0x85, 0, 0, 0, 0]);
-        out.clear();
-        client_header(&mut out, 260, OP_BINARY);
-        assert_eq!(out, [0x82, 0xfe, 0x01, 0x04, 0, 0, 0, 0]);
-        out.clear();
-        client_header(&mut out, 70_000, OP_PONG);
-        assert_eq!(out, [0x8a, 0xff, 0, 0, 0, 0, 0, 1, 0x11, 0x70, 0, 0, 0, 0]);
     }
 
     #[test]
