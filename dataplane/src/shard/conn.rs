@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
@@ -24,7 +24,7 @@ use switchboard_protocol::{Destination, Envelope, ErrorCode, Frame, Limits};
 use tracing::Instrument;
 
 use super::write::{Out, WriteBatch};
-use super::{ConnId, ConnPermit, Member, Msg, Protocol, Reply, Shard, WriterPoll, shutdown_socket};
+use super::{ConnId, ConnPermit, Dest, Member, Msg, Protocol, Reply, RouteKind, Shard, WriterPoll, shutdown_socket};
 use crate::auth::Identity;
 use crate::frontend::http::{self, RequestHead};
 use crate::frontend::ws::{self, WsDecoder, WsEvent};
@@ -515,12 +515,14 @@ impl Reader<'_> {
             // A frame may close the connection (a fatal error): then the
             // frames after it in the buffer must not be interpreted.
             WsEvent::Binary(range) => {
-                self.on_frame(&frame, &frame[range], now, now_ms);
+                let mut payload = frame;
+                payload.advance(range.start);
+                payload.truncate(range.len());
+                self.on_frame(payload, now, now_ms);
                 !self.closing()
             }
             WsEvent::BinaryAssembled(message) => {
-                let message = Bytes::from(message);
-                self.on_frame(&message, &message, now, now_ms);
+                self.on_frame(Bytes::from(message), now, now_ms);
                 !self.closing()
             }
             WsEvent::Text => {
@@ -570,10 +572,11 @@ impl Reader<'_> {
         self.shard.with_conn(self.id, |c| c.is_closing()).unwrap_or(true)
     }
 
-    /// Handles one protocol frame: `payload`, which lies inside `owner`
-    /// (an envelope is kept as a refcounted slice of `owner`, no copy).
-    fn on_frame(&self, owner: &Bytes, payload: &[u8], now: Instant, now_ms: u64) {
-        let frame = match Frame::decode(payload, &self.limits) {
+    /// Handles one protocol frame, `payload` (an envelope is kept as the
+    /// same refcounted bytes, narrowed in place: no copy, no refcount
+    /// traffic).
+    fn on_frame(&self, payload: Bytes, now: Instant, now_ms: u64) {
+        let frame = match Frame::decode(&payload, &self.limits) {
             Ok(f) => f,
             Err(e) => {
                 let code = e.code();
@@ -588,7 +591,10 @@ impl Reader<'_> {
         };
         match frame {
             Frame::Send { envelope } => {
-                let envelope = owner.slice_ref(envelope);
+                let (start, len) = (envelope.as_ptr() as usize - payload.as_ptr() as usize, envelope.len());
+                let mut envelope = payload;
+                envelope.advance(start);
+                envelope.truncate(len);
                 self.on_send(envelope, now, now_ms);
             }
             Frame::DeliveryAck { id } => {
@@ -691,14 +697,18 @@ impl Reader<'_> {
         }
         shard.metrics.envelopes_in.inc();
         let echo = env.flags().contains(EnvelopeFlags::ECHO_TO_SENDER);
-        match env.destination() {
-            Destination::User(user) => shard.route_user(user, bytes.clone(), id, self.me, echo),
-            Destination::Room(room) => shard.route_room(room.as_str(), bytes.clone(), id, self.me, echo),
+        // The destination travels as its place in the envelope, which
+        // moves on without a refcount increment.
+        let owners = &shard.shared.owners;
+        let (kind, owner, name) = match env.destination() {
+            Destination::User(user) => (RouteKind::User, owners.user(user.as_str()), Dest::new(&bytes, user.as_str())),
+            Destination::Room(room) => (RouteKind::Room, owners.room(room.as_str()), Dest::new(&bytes, room.as_str())),
             _ => {
                 self.error(ErrorCode::InvalidDestination, Some(id), None, "service destinations are not routed yet");
                 return;
             }
-        }
+        };
+        shard.route(kind, owner, name, bytes, id, self.me, echo);
         // Sampled: a clock read per envelope would cost more than the rest
         // of the metrics together.
         if shard.sample_latency() {

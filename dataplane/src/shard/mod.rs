@@ -95,12 +95,35 @@ impl Protocol {
     }
 }
 
+/// Where a destination name lies inside its envelope: messages carry this
+/// rather than a second reference to the envelope's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dest {
+    start: u32,
+    len: u32,
+}
+
+impl Dest {
+    /// The place of `name`, a slice of `envelope`.
+    pub(crate) fn new(envelope: &[u8], name: &str) -> Self {
+        let start = (name.as_ptr() as usize).wrapping_sub(envelope.as_ptr() as usize);
+        debug_assert!(start.saturating_add(name.len()) <= envelope.len(), "the name lies in the envelope");
+        Self { start: start as u32, len: name.len() as u32 }
+    }
+
+    /// The name in `envelope` (empty if it is not there).
+    pub(crate) fn name<'a>(&self, envelope: &'a [u8]) -> &'a str {
+        let start = self.start as usize;
+        envelope.get(start..start + self.len as usize).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
+    }
+}
+
 /// A message between shards, or from outside into a shard.
 pub(crate) enum Msg {
     /// Deliver to every live connection of `user` (owned by the receiver).
-    ToUser { envelope: Bytes, user: Bytes, id: EnvelopeId, from: Member, exclude: Option<Member> },
+    ToUser { envelope: Bytes, user: Dest, id: EnvelopeId, from: Member, exclude: Option<Member> },
     /// Fan out to the members of `room` (owned by the receiver).
-    ToRoom { envelope: Bytes, room: Bytes, id: EnvelopeId, from: Member, exclude: Option<Member> },
+    ToRoom { envelope: Bytes, room: Dest, id: EnvelopeId, from: Member, exclude: Option<Member> },
     /// Deliver to these connections of the receiver.
     Deliver { envelope: Bytes, id: EnvelopeId, conns: Vec<ConnId> },
     /// Add a member to a room owned by the receiver.
@@ -728,14 +751,14 @@ impl Shard {
     pub(crate) fn handle(&self, msg: Msg) {
         match msg {
             Msg::ToUser { envelope, user, id, from, exclude } => {
-                let user = std::str::from_utf8(&user).unwrap_or_default();
+                let user = user.name(&envelope);
                 let n = self.deliver_to_user(user, &envelope, id, exclude);
                 let outcome = if n > 0 { Outcome::Delivered } else { Outcome::RecipientOffline };
                 self.metrics.routed(RouteKind::User, outcome);
                 self.answer(from, Reply::Accepted { id, outcome, recipients: n });
             }
             Msg::ToRoom { envelope, room, id, from, exclude } => {
-                let room = std::str::from_utf8(&room).unwrap_or_default();
+                let room = room.name(&envelope);
                 // One message per shard with members, each carrying the
                 // same refcounted envelope.
                 let mut groups: Vec<(ShardId, Vec<ConnId>)> = Vec::new();
@@ -935,23 +958,24 @@ impl Shard {
         .await
     }
 
-    /// Routes a verified envelope sent by connection `from` of this shard.
-    pub(crate) fn route_user(&self, user: UserId<'_>, envelope: Bytes, id: EnvelopeId, from: Member, echo: bool) {
-        let owner = self.shared.owners.user(user.as_str());
+    /// Routes a verified envelope sent by connection `from` of this shard
+    /// to its destination `name` (a user or room owned by shard `owner`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn route(
+        &self,
+        kind: RouteKind,
+        owner: ShardId,
+        name: Dest,
+        envelope: Bytes,
+        id: EnvelopeId,
+        from: Member,
+        echo: bool,
+    ) {
         let exclude = if echo { None } else { Some(from) };
-        let user_bytes = envelope.slice_ref(user.as_str().as_bytes());
-        let msg = Msg::ToUser { envelope, user: user_bytes, id, from, exclude };
-        if !self.send_or_handle(owner, msg) {
-            self.answer(from, overloaded(id));
-        }
-    }
-
-    /// Routes a verified envelope to a room.
-    pub(crate) fn route_room(&self, room: &str, envelope: Bytes, id: EnvelopeId, from: Member, echo: bool) {
-        let owner = self.shared.owners.room(room);
-        let exclude = if echo { None } else { Some(from) };
-        let room_bytes = envelope.slice_ref(room.as_bytes());
-        let msg = Msg::ToRoom { envelope, room: room_bytes, id, from, exclude };
+        let msg = match kind {
+            RouteKind::User => Msg::ToUser { envelope, user: name, id, from, exclude },
+            RouteKind::Room => Msg::ToRoom { envelope, room: name, id, from, exclude },
+        };
         if !self.send_or_handle(owner, msg) {
             self.answer(from, overloaded(id));
         }
@@ -1018,4 +1042,21 @@ fn reply_frame(reply: &Reply, scratch: &mut Vec<u8>) -> Out {
     scratch.extend_from_slice(&head[..h]);
     frame.encode(scratch);
     Out::frame(scratch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destination_is_found_again_by_its_place_in_the_envelope() {
+        let envelope = b"....alice....".to_vec();
+        let name = std::str::from_utf8(&envelope[4..9]).unwrap();
+        let dest = Dest::new(&envelope, name);
+        assert_eq!(dest.name(&envelope), "alice");
+        // A shorter buffer than the place, or bytes that are not UTF-8,
+        // name nothing (nothing panics).
+        assert_eq!(dest.name(&envelope[..6]), "");
+        assert_eq!(dest.name(b"....\xff\xfe...."), "");
+    }
 }
