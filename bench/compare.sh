@@ -228,70 +228,8 @@ PY
   fi
 done
 
-python3 - "$results" >"$out/summary.md" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-def med(xs):
-    return statistics.median(xs), min(xs), max(xs)
-def groups(pred):
-    keys = []
-    for r in rows:
-        k = (r["target"], r["workload"])
-        if pred(r) and k not in keys:
-            keys.append(k)
-    return [(t, w, [r for r in rows if r["target"] == t and r["workload"] == w]) for t, w in keys]
-flow = lambda r: "delivered_per_s" in r or "deliveries_per_s" in r
-if any(flow(r) for r in rows):
-    print("| server | workload | delivered/s (median, range) | p50 µs | p99 µs | p99.9 µs | lost | server CPU % |")
-    print("|---|---|---|---|---|---|---|---|")
-    for t, w, rs in groups(flow):
-        d = med([r.get("delivered_per_s", r.get("deliveries_per_s")) for r in rs])
-        lat = lambda q: statistics.median(r["latency_us"][q] for r in rs)
-        cpu = statistics.median(r.get("cpu_server_pct") or 0 for r in rs)
-        lost = sum(r["lost"] for r in rs)
-        print(f"| {t} | {w} | {d[0]:,.0f} ({d[1]:,.0f}–{d[2]:,.0f}) | {lat('p50'):,.1f} | {lat('p99'):,.1f} | {lat('p999'):,.1f} | {lost} | {cpu:.0f} |")
-idle = lambda r: "bytes_per_connection" in r
-if any(idle(r) for r in rows):
-    print()
-    print("| server | workload | RSS bytes per idle connection (median, range) | connections open after settle |")
-    print("|---|---|---|---|")
-    for t, w, rs in groups(idle):
-        b = med([r["bytes_per_connection"] for r in rs])
-        opened = min(r["open"] for r in rs)
-        print(f"| {t} | {w} | {b[0]:,.0f} ({b[1]:,.0f}–{b[2]:,.0f}) | {opened:,} of {rs[0]['connections']:,} |")
-PY
-# index.html: the summary tables and every run's report (latency plots).
-python3 - "$out" <<'PY'
-import html, os, sys
-out = sys.argv[1]
-parts = ["<!doctype html><meta charset=utf-8><title>Switchboard side-by-side</title>",
-         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style>",
-         "<h1>Switchboard, nats-server, Mosquitto: same workloads, same core</h1>"]
-table = None
-for line in open(os.path.join(out, "summary.md")):
-    line = line.strip()
-    if not line.startswith("|"):
-        if table is not None:
-            parts.append("</table>")
-            table = None
-        continue
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    if set("".join(cells)) <= set("-"):
-        continue
-    if table is None:
-        parts.append("<table>")
-        table = "th"
-    tag = table
-    parts.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-    table = "td"
-if table is not None:
-    parts.append("</table>")
-reports = sorted(os.listdir(os.path.join(out, "reports"))) if os.path.isdir(os.path.join(out, "reports")) else []
-parts.append("<h2>Runs</h2><ul>")
-parts += [f'<li><a href="reports/{html.escape(r)}">{html.escape(r)}</a></li>' for r in reports]
-parts.append("</ul>")
-open(os.path.join(out, "index.html"), "w").write("\n".join(parts))
-PY
+# summary.md and index.html: tables of medians, one latency plot per workload
+# with every server's curve, and links to every run's report.
+"$lt" report "$results" --html "$out/index.html" --markdown "$out/summary.md"
 cat "$out/summary.md"
 echo "HTML: $out/index.html"

@@ -85,12 +85,30 @@ pub fn round_up(v: f64) -> f64 {
     }
 }
 
-/// The SVG plot of a latency curve of (percentile, µs) points.
-pub fn svg_plot(curve: &[(f64, f64)]) -> String {
+/// One line on a plot: a name for the legend (none if empty), its colour
+/// and its (percentile, µs) points.
+#[derive(Debug, Clone, Copy)]
+pub struct Series<'a> {
+    /// The legend's label; an empty name gets no legend entry.
+    pub name: &'a str,
+    /// An SVG colour, e.g. one of [`PALETTE`].
+    pub colour: &'a str,
+    /// (percentile, µs) points, in percentile order.
+    pub curve: &'a [(f64, f64)],
+}
+
+/// Distinct line colours (Tableau 10), for series `i % 10`.
+pub const PALETTE: [&str; 10] =
+    ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+
+/// The SVG percentile plot of one or more latency curves on shared axes
+/// (the y axis fits the highest point of any), with a legend of the named
+/// series in the top-left corner.
+pub fn svg_plot(series: &[Series<'_>]) -> String {
     const W: f64 = 760.0;
     const H: f64 = 380.0;
     let area = (70.0, 20.0, W - 100.0, H - 70.0);
-    let max_us = curve.iter().map(|&(_, us)| us).fold(0.0, f64::max);
+    let max_us = series.iter().flat_map(|l| l.curve).map(|&(_, us)| us).fold(0.0, f64::max);
     let sc = Scale::new(area, max_us);
     let (left, top, width, height) = area;
     let mut s = String::new();
@@ -128,30 +146,60 @@ pub fn svg_plot(curve: &[(f64, f64)]) -> String {
         H - 12.0,
         top + height / 2.0
     );
-    if !curve.is_empty() {
-        s.push_str(r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points=""##);
-        for &(p, us) in curve {
+    for l in series.iter().filter(|l| !l.curve.is_empty()) {
+        let _ = write!(s, r#"<polyline fill="none" stroke="{}" stroke-width="2" points=""#, escape(l.colour));
+        for &(p, us) in l.curve {
             let _ = write!(s, "{:.1},{:.1} ", sc.x(p), sc.y(us));
         }
         s.push_str(r#""/>"#);
+    }
+    let named: Vec<_> = series.iter().filter(|l| !l.name.is_empty()).collect();
+    if !named.is_empty() {
+        // Curves rise to the right, so the top-left corner is the emptiest.
+        let longest = named.iter().map(|l| l.name.chars().count()).max().unwrap_or(0) as f64;
+        let (x, y) = (left + 10.0, top + 10.0);
+        let _ = write!(
+            s,
+            r##"<rect x="{x}" y="{y}" width="{:.1}" height="{:.1}" fill="#fff" fill-opacity="0.85" stroke="#ccc"/>"##,
+            46.0 + 7.0 * longest,
+            8.0 + 18.0 * named.len() as f64
+        );
+        for (i, l) in named.iter().enumerate() {
+            let ly = y + 13.0 + 18.0 * i as f64;
+            let _ = write!(
+                s,
+                r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{c}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                x + 8.0,
+                x + 32.0,
+                x + 38.0,
+                ly + 4.0,
+                escape(l.name),
+                c = escape(l.colour)
+            );
+        }
     }
     s.push_str("</svg>");
     s
 }
 
-/// The whole page: a title, the report's fields as a table, and the plot.
-pub fn render(title: &str, report: &Value, latency: Option<&Latency>) -> String {
-    let mut rows = Vec::new();
-    flatten("", report, &mut rows);
-    let mut s = String::new();
-    let _ = write!(
-        s,
+/// The start of a page: the document head (with the shared table style),
+/// the opened body and `title` as its heading.
+pub(crate) fn page_start(title: &str) -> String {
+    format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
          <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}td.n{{text-align:right}}</style>\
          </head><body><h1>{t}</h1>\n",
         t = escape(title)
-    );
+    )
+}
+
+/// The whole page of one run: a title, the report's fields as a table, and
+/// the plot.
+pub fn render(title: &str, report: &Value, latency: Option<&Latency>) -> String {
+    let mut rows = Vec::new();
+    flatten("", report, &mut rows);
+    let mut s = page_start(title);
     if let Some(l) = latency {
         let _ = write!(
             s,
@@ -162,7 +210,7 @@ pub fn render(title: &str, report: &Value, latency: Option<&Latency>) -> String 
             fmt_num(l.p999),
             fmt_num(l.max),
             l.samples,
-            svg_plot(&l.curve)
+            svg_plot(&[Series { name: "", colour: PALETTE[0], curve: &l.curve }])
         );
     }
     s.push_str("<h2>Numbers</h2><table><tr><th>field</th><th>value</th></tr>\n");
@@ -178,7 +226,8 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     match v {
         Value::Null => {}
         Value::Object(m) => {
-            for (k, v) in m {
+            // The curves are plotted; a hundred numbers would bury the rest.
+            for (k, v) in m.iter().filter(|(k, _)| *k != "curve") {
                 let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                 flatten(&key, v, out);
             }
@@ -200,7 +249,8 @@ fn fmt_num(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.0}") } else { format!("{v:.1}") }
 }
 
-fn escape(s: &str) -> String {
+/// `s` safe in HTML text and attribute values.
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
@@ -257,12 +307,36 @@ mod tests {
             curve: vec![(50.0, 10.0), (99.0, 20.0), (99.999, 30.0)],
             ..Latency::default()
         };
-        let report = serde_json::json!({"target": "<x>", "counts": {"lost": 0}, "skipped_null": null});
+        let report = serde_json::json!({
+            "target": "<x>", "counts": {"lost": 0}, "skipped_null": null,
+            "latency_us": {"p50": 10.0, "curve": [[50.0, 10.0]]},
+        });
         let page = render("a & b", &report, Some(&latency));
         assert!(page.contains("<title>a &amp; b</title>"));
         assert!(page.contains("<td>counts.lost</td><td class=\"n\">0</td>"));
         assert!(page.contains("&lt;x&gt;") && !page.contains("skipped_null"));
         assert!(page.contains("<svg") && page.contains("<polyline"));
         assert!(!page.contains("<script"));
+        // The curve is plotted, not listed; one run's plot has no legend.
+        assert!(page.contains("<td>latency_us.p50</td>") && !page.contains("curve"));
+        assert!(!page.contains(r#"stroke-width="3""#));
+    }
+
+    #[test]
+    fn several_series_share_the_axes_and_each_name_has_a_legend_entry() {
+        let (a, b) = ([(50.0, 10.0), (99.0, 20.0)], [(50.0, 30.0), (99.0, 734.0)]);
+        let svg = svg_plot(&[
+            Series { name: "sb", colour: PALETTE[0], curve: &a },
+            Series { name: "n<1>", colour: PALETTE[1], curve: &b },
+            Series { name: "no samples", colour: PALETTE[2], curve: &[] },
+        ]);
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches(r#"stroke-width="3""#).count(), 3);
+        assert!(svg.contains(">sb</text>") && svg.contains(">n&lt;1&gt;</text>") && svg.contains(">no samples</text>"));
+        for c in &PALETTE[..2] {
+            assert!(svg.contains(&format!(r#"<polyline fill="none" stroke="{c}""#)), "{c}");
+        }
+        // The y axis fits the highest curve: 734 µs → 1000.
+        assert!(svg.contains(">1000</text>") && !svg.contains(">2000</text>"));
     }
 }

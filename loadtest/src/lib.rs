@@ -9,7 +9,8 @@
 //! seeded), each in closed-loop (`max`) or open-loop (`rate`,
 //! latency from the intended send time) mode; `idle` (server memory per
 //! idle connection); `connect` (handshakes/s, a reconnect storm); `sink`
-//! (the generator's own ceiling, no server).
+//! (the generator's own ceiling, no server). `report` compares the JSON
+//! lines of many runs.
 //!
 //! - [`run`]: the command line, the run's timeline (connect, warm-up,
 //!   measured window, drain) and the report;
@@ -17,6 +18,9 @@
 //!   on `mio`); [`mesh`], [`fanout`], [`idle`], [`connect`], [`sink`]: the other
 //!   workloads;
 //! - [`html`]: the `--report` page with its SVG percentile plot;
+//! - [`report`]: `loadtest report`, one page (tables, ratios, every
+//!   server's latency curve on one plot per workload) from many runs' JSON
+//!   lines;
 //! - [`progress`]: the progress bar (only on a terminal);
 //! - [`target`]: one module per protocol behind [`target::Protocol`];
 //! - [`message`]: the envelope every target carries, stamped in place;
@@ -37,6 +41,7 @@ pub mod idle;
 pub mod mesh;
 pub mod message;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod sink;
 pub mod target;

@@ -5,6 +5,7 @@ use switchboard_loadtest::connect::run_connect;
 use switchboard_loadtest::fanout::run_fanout;
 use switchboard_loadtest::idle::run_idle;
 use switchboard_loadtest::mesh::run_mesh;
+use switchboard_loadtest::report::run_report;
 use switchboard_loadtest::run::{Cli, Command, Outcome, emit, run_pairs};
 use switchboard_loadtest::sink::run_sink;
 
@@ -23,6 +24,7 @@ fn main() -> std::process::ExitCode {
                 println!("{}", r.table());
             }
         }),
+        Command::Report(args) => run_report(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::accounting::{PairCounts, Window};
 use crate::driver::{self, Mode, Plan, Shared};
@@ -30,12 +30,12 @@ use crate::{cpu, html};
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// The workload.
+    /// The workload (or `report`).
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The workloads.
+/// The workloads, and `report`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// P senders to P receivers, 1:1.
@@ -52,6 +52,9 @@ pub enum Command {
     /// The generator's own ceiling: encode and write into a local sink, no
     /// server.
     Sink(crate::sink::SinkArgs),
+    /// One page from many runs' `--json` lines: tables of medians, ratios,
+    /// and every server's latency curve on one plot per workload.
+    Report(crate::report::ReportArgs),
 }
 
 /// The server kinds.
@@ -425,8 +428,11 @@ pub fn loopback_addr(host_port: &str) -> anyhow::Result<SocketAddr> {
     Ok(addrs[0])
 }
 
-/// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Latency percentiles in microseconds. `loadtest report` reads them back
+/// from the JSON lines (a missing field reads as zero, a missing curve as
+/// none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Latency {
     /// Measured first arrivals recorded.
     pub samples: u64,
@@ -442,9 +448,18 @@ pub struct Latency {
     pub p999: f64,
     /// Largest.
     pub max: f64,
-    /// (percentile, µs) points for the HTML plot; not in the JSON.
-    #[serde(skip)]
+    /// (percentile, µs) points for the HTML plots, at [`html::percentiles`];
+    /// in the JSON as `[[percentile, µs], ...]`, rounded.
+    #[serde(serialize_with = "rounded_curve")]
     pub curve: Vec<(f64, f64)>,
+}
+
+/// The curve with percentiles to 6 decimals (the top points are 1e-5
+/// apart) and µs to 3 (the histogram's nanoseconds): short JSON, and the
+/// same percentiles in every run, so `loadtest report` can match points.
+fn rounded_curve<S: Serializer>(curve: &[(f64, f64)], s: S) -> Result<S::Ok, S::Error> {
+    let round = |v: f64, scale: f64| (v * scale).round() / scale;
+    s.collect_seq(curve.iter().map(|&(p, us)| (round(p, 1e6), round(us, 1e3))))
 }
 
 impl Latency {
