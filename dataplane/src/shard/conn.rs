@@ -42,7 +42,7 @@ struct ReadSizer {
 }
 
 impl ReadSizer {
-    const MIN: usize = 512;
+    const MIN: usize = 64;
     const MAX: usize = 64 * 1024;
 
     fn new() -> Self {
