@@ -118,14 +118,14 @@ pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
     let cfg = RunConfig::new(&args.common, args.users, &args.traffic)?;
     raise_fd_limit(cfg.pairs as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let layout = Template::mesh(0, cfg.size, nonce, created_at_ms)?.layout();
+    let layout = Template::mesh(0, cfg.traffic.size, nonce, created_at_ms)?.layout();
     let shared = Shared {
         epoch: Instant::now(),
-        barrier: Barrier::new(cfg.threads.clamp(1, cfg.pairs) + 1),
+        barrier: Barrier::new(cfg.traffic.threads.clamp(1, cfg.pairs) + 1),
         abort: AtomicBool::new(false),
         plan: OnceLock::new(),
         connect_timeout: cfg.ep.connect_timeout,
-        size: cfg.size,
+        size: cfg.traffic.size,
         nonce,
         created_at_ms,
     };

@@ -367,22 +367,8 @@ pub struct RunConfig {
     pub ep: Endpoint,
     /// Pairs.
     pub pairs: usize,
-    /// Requested message size.
-    pub size: usize,
-    /// Pacing.
-    pub mode: ModeKind,
-    /// `max`: in flight per sender.
-    pub window: u64,
-    /// `rate`: total messages/s.
-    pub rate: f64,
-    /// Measured window.
-    pub duration: Duration,
-    /// Warm-up.
-    pub warmup: Duration,
-    /// Longest drain.
-    pub drain: Duration,
-    /// Threads.
-    pub threads: usize,
+    /// Message size, pacing and timeline (`threads` capped at `pairs`).
+    pub traffic: Traffic,
     /// Server process for CPU sampling.
     pub server_pid: Option<u32>,
 }
@@ -393,19 +379,7 @@ impl RunConfig {
         ensure!((1..=MAX_RUN_PAIRS).contains(&pairs), "--pairs must be 1..={MAX_RUN_PAIRS}");
         let t = traffic.validate()?;
         let ep = Endpoint::try_from(common)?;
-        Ok(Self {
-            ep,
-            pairs,
-            size: t.size,
-            mode: t.mode,
-            window: t.window,
-            rate: t.rate,
-            duration: t.duration,
-            warmup: t.warmup,
-            drain: t.drain,
-            threads: t.threads.min(pairs),
-            server_pid: common.server_pid,
-        })
+        Ok(Self { ep, pairs, traffic: Traffic { threads: t.threads.min(pairs), ..t }, server_pid: common.server_pid })
     }
 }
 
@@ -588,14 +562,14 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
     let cfg = RunConfig::try_from(args)?;
     raise_fd_limit(2 * cfg.pairs as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let layout = Template::new(0, cfg.size, nonce, created_at_ms)?.layout();
+    let layout = Template::new(0, cfg.traffic.size, nonce, created_at_ms)?.layout();
     let shared = Shared {
         epoch: Instant::now(),
-        barrier: Barrier::new(cfg.threads + 1),
+        barrier: Barrier::new(cfg.traffic.threads + 1),
         abort: AtomicBool::new(false),
         plan: OnceLock::new(),
         connect_timeout: cfg.ep.connect_timeout,
-        size: cfg.size,
+        size: cfg.traffic.size,
         nonce,
         created_at_ms,
     };
@@ -648,7 +622,7 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// Runs `drive` on `cfg.threads` threads (each with its share of
+/// Runs `drive` on `cfg.traffic.threads` threads (each with its share of
 /// `0..cfg.pairs`) against `proto` and merges their reports. `workload` is
 /// `pairs` or `mesh` (its senders and receivers are on different threads,
 /// so the loss is computed from the merged counts).
@@ -663,7 +637,7 @@ where
     P: Protocol,
     F: Fn(&P, std::ops::Range<usize>, &Shared) -> anyhow::Result<driver::ThreadReport> + Sync,
 {
-    let shares = split(cfg.pairs, cfg.threads);
+    let shares = split(cfg.pairs, cfg.traffic.threads);
     let drive = &drive;
     std::thread::scope(|s| {
         let handles: Vec<_> = shares
@@ -680,15 +654,17 @@ where
         let connected = !shared.abort.load(Ordering::SeqCst);
         let now = shared.now_ns();
         let send_start_ns = now + 20_000_000;
-        let start_ns = send_start_ns + cfg.warmup.as_nanos() as u64;
-        let window = Window { start_ns, end_ns: start_ns + cfg.duration.as_nanos() as u64 };
-        let mode = match cfg.mode {
-            ModeKind::Max => Mode::Max { in_flight: cfg.window },
-            ModeKind::Rate => {
-                Mode::Rate { interval_ns: (cfg.pairs as f64 * 1e9 / cfg.rate).max(1.0) as u64, total_pairs: cfg.pairs }
-            }
+        let start_ns = send_start_ns + cfg.traffic.warmup.as_nanos() as u64;
+        let window = Window { start_ns, end_ns: start_ns + cfg.traffic.duration.as_nanos() as u64 };
+        let mode = match cfg.traffic.mode {
+            ModeKind::Max => Mode::Max { in_flight: cfg.traffic.window },
+            ModeKind::Rate => Mode::Rate {
+                interval_ns: (cfg.pairs as f64 * 1e9 / cfg.traffic.rate).max(1.0) as u64,
+                total_pairs: cfg.pairs,
+            },
         };
-        let plan = Plan { mode, send_start_ns, window, drain_end_ns: window.end_ns + cfg.drain.as_nanos() as u64 };
+        let plan =
+            Plan { mode, send_start_ns, window, drain_end_ns: window.end_ns + cfg.traffic.drain.as_nanos() as u64 };
         shared.plan.set(plan).expect("the plan is set once");
         shared.barrier.wait();
         let (mut cpu_gen, mut cpu_srv) = (None, None);
@@ -742,19 +718,19 @@ where
             workload,
             target: cfg.ep.target.name(),
             url: cfg.ep.url.clone(),
-            mode: match cfg.mode {
+            mode: match cfg.traffic.mode {
                 ModeKind::Max => "max",
                 ModeKind::Rate => "rate",
             },
             pairs: if mesh { 0 } else { cfg.pairs },
             users: mesh.then_some(cfg.pairs),
             seed: None,
-            threads: cfg.threads,
-            message_bytes: cfg.size,
-            in_flight: (cfg.mode == ModeKind::Max).then_some(cfg.window),
-            rate: (cfg.mode == ModeKind::Rate).then_some(cfg.rate),
+            threads: cfg.traffic.threads,
+            message_bytes: cfg.traffic.size,
+            in_flight: (cfg.traffic.mode == ModeKind::Max).then_some(cfg.traffic.window),
+            rate: (cfg.traffic.mode == ModeKind::Rate).then_some(cfg.traffic.rate),
             duration_s: secs,
-            warmup_s: cfg.warmup.as_secs_f64(),
+            warmup_s: cfg.traffic.warmup.as_secs_f64(),
             counts,
             sent_per_s: counts.sent as f64 / secs,
             delivered_per_s: counts.delivered as f64 / secs,
@@ -931,7 +907,7 @@ mod tests {
         let tcp = RunConfig::try_from(&args(&["--target", "nats"])).unwrap();
         assert!(!tcp.ep.websocket);
         let r = RunConfig::try_from(&args(&["--target", "mosquitto", "--mode", "rate", "--rate", "100"])).unwrap();
-        assert_eq!(r.rate, 100.0);
+        assert_eq!(r.traffic.rate, 100.0);
     }
 
     #[test]
