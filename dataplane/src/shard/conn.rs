@@ -16,8 +16,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::buf::{IoBufMut, SliceMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 use switchboard_protocol::envelope::EnvelopeFlags;
 use switchboard_protocol::{Destination, Envelope, ErrorCode, Frame, Limits};
@@ -71,17 +71,22 @@ impl ReadSizer {
     }
 }
 
-/// Reads into the spare capacity of `buf`, after the bytes it holds.
+/// The spare capacity of `buf`, after the bytes it holds, as a read target.
 ///
 /// monoio's `read` fills a buffer from its start (`write_ptr` is the first
 /// byte, `bytes_total` the capacity), so reading straight into a `BytesMut`
 /// that still holds an incomplete frame or request head would overwrite it;
 /// reading into the slice past `len` appends. `buf` must have spare
 /// capacity (a zero-length read would look like end of stream).
-async fn read_append<R: AsyncReadRent>(stream: &mut R, buf: BytesMut) -> (std::io::Result<usize>, BytesMut) {
+fn spare_capacity(buf: BytesMut) -> SliceMut<BytesMut> {
     let (len, cap) = (buf.len(), buf.capacity());
-    debug_assert!(cap > len, "read_append needs spare capacity");
-    let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
+    debug_assert!(cap > len, "a read needs spare capacity");
+    buf.slice_mut(len..cap)
+}
+
+/// Reads into the spare capacity of `buf`, after the bytes it holds.
+async fn read_append<R: AsyncReadRent>(stream: &mut R, buf: BytesMut) -> (std::io::Result<usize>, BytesMut) {
+    let (res, slice) = stream.read(spare_capacity(buf)).await;
     (res, slice.into_inner())
 }
 
@@ -374,8 +379,13 @@ pub(crate) fn adopt(shard: &Shard, h: Handoff) {
     }
 }
 
-/// Starts the task of an authenticated WebSocket connection on its owner
-/// shard.
+/// Registers an authenticated WebSocket connection on its owner shard and
+/// starts its reader and writer tasks.
+///
+/// The setup is synchronous so that the long-lived reader future holds only
+/// what the loop needs ([`ReadState`]): an async fn keeps its arguments and
+/// every local that was ever borrowed in its state, and the reader's state
+/// is most of an idle connection's memory.
 fn spawn_websocket(
     shard: Rc<Shard>,
     io: Io,
@@ -384,49 +394,50 @@ fn spawn_websocket(
     peer: SocketAddr,
     permit: ConnPermit,
 ) {
-    // Unread bytes after the handshake are rare; without them, drop the
-    // handshake's read buffer (it would pin its whole allocation).
-    let buf = if buf.is_empty() { BytesMut::new() } else { buf };
-    monoio::spawn(run_websocket(shard, io, buf, identity, peer, permit));
-}
-
-/// Drives an authenticated WebSocket connection on its owner shard.
-async fn run_websocket(
-    shard: Rc<Shard>,
-    io: Io,
-    buf: BytesMut,
-    identity: Arc<Identity>,
-    peer: SocketAddr,
-    _permit: ConnPermit,
-) {
     let id = shard.register(identity.clone(), Protocol::WebSocket, peer);
     let span = tracing::debug_span!("conn", shard = shard.id.0, conn = id.slot, user = %identity.user());
-    drive_websocket(shard, id, io, buf, identity, peer).instrument(span).await;
-}
-
-/// The reader side of a registered WebSocket connection (it spawns the
-/// writer), until the connection ends.
-async fn drive_websocket(
-    shard: Rc<Shard>,
-    id: ConnId,
-    io: Io,
-    mut buf: BytesMut,
-    identity: Arc<Identity>,
-    peer: SocketAddr,
-) {
-    let me = Member { shard: shard.id, conn: id };
-    tracing::debug!(%peer, "connected");
-    let Io { stream, tls, mut raw } = io;
+    span.in_scope(|| tracing::debug!(%peer, "connected"));
+    let Io { stream, tls, raw } = io;
     let fd = stream.as_raw_fd();
     shard.with_conn(id, |c| c.fd = Some(fd));
     let tls = tls.map(|t| Rc::new(RefCell::new(*t)));
-    let (mut rd, wr) = stream.into_split();
-    monoio::spawn(write_loop(shard.clone(), id, wr, fd, tls.clone()).instrument(tracing::Span::current()));
+    let (rd, wr) = stream.into_split();
+    monoio::spawn(write_loop(shard.clone(), id, wr, fd, tls.clone()).instrument(span.clone()));
+    // Unread bytes after the handshake are rare; without them, drop the
+    // handshake's read buffer (it would pin its whole allocation).
+    let buf = if buf.is_empty() { BytesMut::new() } else { buf };
+    let state = Box::new(ReadState { shard, id, identity, rd, tls, raw, buf, _permit: permit });
+    monoio::spawn(read_websocket(state).instrument(span));
+}
 
+/// What a WebSocket connection's reader keeps between reads.
+struct ReadState {
+    shard: Rc<Shard>,
+    id: ConnId,
+    identity: Arc<Identity>,
+    rd: OwnedReadHalf<TcpStream>,
+    tls: Option<Rc<RefCell<TlsSession>>>,
+    /// TLS records read, not yet decrypted.
+    raw: BytesMut,
+    /// Plaintext bytes read, not yet decoded into frames.
+    buf: BytesMut,
+    /// The connection's slot in the global and per-IP counts.
+    _permit: ConnPermit,
+}
+
+/// The reader of a registered WebSocket connection, until it ends.
+///
+/// The state comes boxed and is only borrowed: an async fn stores its
+/// arguments and the locals they move into side by side, so a state moved
+/// out of an argument by value would be in the future twice.
+async fn read_websocket(mut st: Box<ReadState>) {
+    let (shard, id, identity, tls) = (&st.shard, st.id, &st.identity, &st.tls);
+    let (rd, raw, buf) = (&mut st.rd, &mut st.raw, &mut st.buf);
+    let me = Member { shard: shard.id, conn: id };
     let limits = Limits::default().with_max_envelope_len(shard.shared.config.limits.max_envelope_bytes);
     let mut decoder = WsDecoder::new(limits.max_frame_len());
     let mut sizer = ReadSizer::new();
-    let reader = Reader { shard: &shard, id, me, identity: &identity, limits };
+    let reader = Reader { shard, id, me, identity, limits };
     let mut first = true;
     'conn: loop {
         // One clock read per batch of received bytes: it stamps the
@@ -437,7 +448,7 @@ async fn drive_websocket(
             shard.seen(id, now);
         }
         loop {
-            match decoder.decode(&mut buf) {
+            match decoder.decode(buf) {
                 Ok(Some((event, consumed))) => {
                     let frame = buf.split_to(consumed).freeze();
                     if !reader.on_event(event, frame, now, now_ms) {
@@ -461,11 +472,13 @@ async fn drive_websocket(
             // Closing: stop reading; the writer flushes the close frame.
             break;
         }
-        let Some(tls) = &tls else {
-            sizer.prepare(&mut buf);
+        let Some(tls) = tls else {
+            sizer.prepare(buf);
             let spare = buf.capacity() - buf.len();
-            let (res, b) = read_append(&mut rd, buf).await;
-            buf = b;
+            // The read's own future, awaited here (no wrapper future to
+            // store alongside it in this state).
+            let (res, slice) = rd.read(spare_capacity(std::mem::take(buf))).await;
+            *buf = slice.into_inner();
             match res {
                 Ok(0) | Err(_) => break,
                 Ok(n) => sizer.record(n, spare),
@@ -474,13 +487,13 @@ async fn drive_websocket(
         };
         raw.clear();
         raw.reserve(READ_CHUNK);
-        let (res, r) = rd.read(raw).await;
-        raw = r;
+        let (res, r) = rd.read(std::mem::take(raw)).await;
+        *raw = r;
         if matches!(res, Ok(0) | Err(_)) {
             break;
         }
         let mut session = tls.borrow_mut();
-        let received = session.receive(&raw, &mut buf);
+        let received = session.receive(raw, buf);
         if session.wants_write() {
             // Alerts or post-handshake messages: let the writer send them.
             shard.with_conn(id, |c| c.out.push(Out::Owned(Vec::new())));
@@ -753,7 +766,10 @@ async fn write_loop(
                         };
                         b.clear();
                         encrypted.is_ok() && {
-                            let (res, c) = wr.write_all(std::mem::take(&mut cipher)).await;
+                            // Boxed: the write_all future is larger than the
+                            // rest of this task's state, which every idle
+                            // connection would otherwise carry.
+                            let (res, c) = Box::pin(wr.write_all(std::mem::take(&mut cipher))).await;
                             cipher = c;
                             res.is_ok()
                         }
@@ -775,7 +791,7 @@ async fn write_loop(
                         session.close();
                         let _ = session.take_output(&mut cipher);
                     }
-                    let _ = wr.write_all(std::mem::take(&mut cipher)).await;
+                    let _ = Box::pin(wr.write_all(std::mem::take(&mut cipher))).await;
                 }
                 shutdown_socket(fd);
                 shard.writer_flushed(id);
