@@ -17,7 +17,7 @@
 # Usage: bench/compare.sh [OUT_DIR]
 # Environment (defaults):
 #   RUNS=3 DURATION=5 PAIRS=100 WINDOW=32 SIZE=256 RATE=20000
-#   FANOUT_K=100 IDLE_CONNS=10000 (lowered to what the fd limit allows)
+#   FANOUT_K=1000 IDLE_CONNS=10000 (lowered to what the fd limit allows)
 #   SERVER_CPUS=0 GEN_CPUS=1 GEN_THREADS=1
 #   TARGETS="switchboard nats-ws mosquitto-ws nats mosquitto"
 #   WORKLOADS="pairs fanout mesh connect idle" MESH_USERS=100 CONNECTORS=4
@@ -27,7 +27,7 @@ out=${1:-$root/target/compare}
 RUNS=${RUNS:-3} DURATION=${DURATION:-5} PAIRS=${PAIRS:-100} WINDOW=${WINDOW:-32} SIZE=${SIZE:-256}
 RATE=${RATE:-20000} SERVER_CPUS=${SERVER_CPUS:-0} GEN_CPUS=${GEN_CPUS:-1} GEN_THREADS=${GEN_THREADS:-1}
 TARGETS=${TARGETS:-"switchboard nats-ws mosquitto-ws nats mosquitto"}
-FANOUT_K=${FANOUT_K:-100} IDLE_CONNS=${IDLE_CONNS:-10000} WORKLOADS=${WORKLOADS:-"pairs fanout mesh connect idle"}
+FANOUT_K=${FANOUT_K:-1000} IDLE_CONNS=${IDLE_CONNS:-10000} WORKLOADS=${WORKLOADS:-"pairs fanout mesh connect idle"}
 MESH_USERS=${MESH_USERS:-100} CONNECTORS=${CONNECTORS:-4}
 # loadtest raises its soft limit up to the hard one; the servers inherit
 # ours, so raise it here too and keep idle within it.
