@@ -1,5 +1,6 @@
 //! Hot-path costs of the wire protocol: envelope verification with a
-//! header read, and frame encode/decode.
+//! header read (and the same through the generic FlatBuffers verifier, for
+//! comparison), and frame encode/decode.
 //!
 //! Run: `cargo bench -p switchboard-bench --bench protocol`.
 
@@ -7,8 +8,10 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use switchboard_protocol::frame::{ErrorFrame, deliver_header};
+use switchboard_protocol::limits::MAX_METADATA_ENTRIES;
 use switchboard_protocol::{
-    Destination, DeviceId, Envelope, EnvelopeBuilder, EnvelopeId, ErrorCode, Frame, Limits, Outcome, RoomName, UserId,
+    Destination, DeviceId, Envelope, EnvelopeBuilder, EnvelopeError, EnvelopeId, ErrorCode, Frame, Limits, Outcome,
+    RoomName, UserId,
 };
 
 /// A typical envelope: alice's phone to bob, content type, no metadata,
@@ -17,19 +20,24 @@ fn envelope(total: usize) -> Vec<u8> {
     sized_envelope(total, true)
 }
 
+/// Alice to bob, with a ttl and `payload`.
+fn alice_to_bob(payload: &[u8]) -> EnvelopeBuilder<'_> {
+    EnvelopeBuilder::new(
+        EnvelopeId::new_v7(1_764_000_000_000, &[9; 10]),
+        UserId::parse("alice").expect("valid"),
+        Destination::parse("user:bob").expect("valid"),
+        1_764_000_000_000,
+    )
+    .ttl_ms(60_000)
+    .payload(payload)
+}
+
 /// An envelope of `total` bytes; `full` adds a device id and a content type
 /// (two more strings for the verifier), else only the required fields.
 fn sized_envelope(total: usize, full: bool) -> Vec<u8> {
     let build = |payload_len: usize| {
         let payload = vec![0x5a; payload_len];
-        let b = EnvelopeBuilder::new(
-            EnvelopeId::new_v7(1_764_000_000_000, &[9; 10]),
-            UserId::parse("alice").expect("valid"),
-            Destination::parse("user:bob").expect("valid"),
-            1_764_000_000_000,
-        )
-        .ttl_ms(60_000)
-        .payload(&payload);
+        let b = alice_to_bob(&payload);
         let b = if full {
             b.sender_device(DeviceId::parse("phone-1").expect("valid")).content_type("application/octet-stream")
         } else {
@@ -43,15 +51,46 @@ fn sized_envelope(total: usize, full: bool) -> Vec<u8> {
     env
 }
 
+/// An envelope with the most metadata entries allowed (16 keys of 5 or 6
+/// bytes, values of 16 bytes) and a 64-byte payload: the metadata rules' worst case.
+fn metadata_envelope() -> Vec<u8> {
+    let keys: Vec<String> = (0..MAX_METADATA_ENTRIES).map(|i| format!("key-{i}")).collect();
+    let payload = [0x5a; 64];
+    let b = keys.iter().fold(alice_to_bob(&payload), |b, k| b.metadata(k, "0123456789abcdef"));
+    b.build().expect("valid envelope")
+}
+
 fn verify(c: &mut Criterion) {
-    let mut g = c.benchmark_group("envelope_verify_and_read_header");
+    let cases = [
+        ("256", sized_envelope(256, true)),
+        ("256-minimal", sized_envelope(256, false)),
+        ("16384", sized_envelope(16 * 1024, true)),
+        ("metadata-16", metadata_envelope()),
+    ];
+    verify_group(c, "envelope_verify_and_read_header", &cases, |bytes, limits| Envelope::parse(bytes, limits));
+    // The same through the `flatbuffers` crate's generic verifier, the
+    // reference the schema-specific one is fuzzed against: side by side in
+    // one run.
+    verify_group(c, "envelope_verify_generic_and_read_header", &cases, |bytes, limits| {
+        Envelope::parse_generic(bytes, limits)
+    });
+}
+
+/// Verifies each case with `parse` and reads the header fields the server
+/// reads.
+fn verify_group(
+    c: &mut Criterion,
+    group: &str,
+    cases: &[(&str, Vec<u8>)],
+    parse: impl for<'a> Fn(&'a [u8], &Limits) -> Result<Envelope<'a>, EnvelopeError>,
+) {
+    let mut g = c.benchmark_group(group);
     let limits = Limits::default();
-    for (name, size, full) in [("256", 256, true), ("256-minimal", 256, false), ("16384", 16 * 1024, true)] {
-        let bytes = sized_envelope(size, full);
+    for (name, bytes) in cases {
         g.throughput(Throughput::Elements(1));
-        g.bench_with_input(BenchmarkId::from_parameter(name), &bytes, |b, bytes| {
+        g.bench_with_input(BenchmarkId::from_parameter(name), bytes, |b, bytes| {
             b.iter(|| {
-                let env = Envelope::parse(black_box(bytes), &limits).expect("valid");
+                let env = parse(black_box(bytes), &limits).expect("valid");
                 black_box((env.id(), env.sender(), env.destination(), env.flags(), env.ttl_ms(), env.created_at_ms()));
             })
         });
