@@ -175,7 +175,7 @@ run_connect() { # target
 run_idle() { # target (on a fresh server)
   local line
   line=$(SWITCHBOARD_DATA_DIR="$tmp/sb" taskset -c "$GEN_CPUS" "$lt" idle --target "$kind" --url "$url" \
-    --connections "$IDLE_CONNS" --settle 2 --threads "$GEN_THREADS" --server-pid "$server_pid" --json)
+    --connections "$IDLE_CONNS" --settle 2 --max-connect-time 120 --threads "$GEN_THREADS" --server-pid "$server_pid" --json)
   record "$1" "idle-$IDLE_CONNS" "$line"
   echo "$1 idle $IDLE_CONNS: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["bytes_per_connection"]), "bytes/connection,", d["open"], "open")' "$line")"
 }

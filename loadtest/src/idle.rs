@@ -33,6 +33,10 @@ pub struct IdleArgs {
     /// Threads that open the connections.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Stop opening connections after this long, seconds, and measure with
+    /// those opened (a server that accepts slowly cannot stretch the run).
+    #[arg(long, default_value_t = 120.0)]
+    pub max_connect_time: f64,
 }
 
 /// Most connections one `idle` run opens.
@@ -47,7 +51,9 @@ pub struct IdleReport {
     pub target: &'static str,
     /// The target URL.
     pub url: String,
-    /// Connections opened.
+    /// Connections asked for.
+    pub requested: usize,
+    /// Connections opened (fewer than asked if `--max-connect-time` ran out).
     pub connections: usize,
     /// Of those, still open after the settle time.
     pub open: usize,
@@ -70,22 +76,27 @@ pub fn run_idle(args: &IdleArgs) -> anyhow::Result<IdleReport> {
     ensure!((1..=MAX_IDLE).contains(&args.connections), "--connections must be 1..={MAX_IDLE}");
     ensure!((1..=256).contains(&args.threads), "--threads must be 1..=256");
     let settle = secs(args.settle, "settle", 600.0)?;
+    let max_connect = secs(args.max_connect_time, "max-connect-time", 3600.0)?;
     run::raise_fd_limit(args.connections as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
     let layout = Template::new(0, 256, nonce, created_at_ms)?.layout();
     let rss_before_kib = vm_rss_kib(pid)?;
     let t0 = Instant::now();
-    let streams = with_protocol(&args.common, &ep, nonce, layout, Topology::Pairs, Open { args, ep: &ep })??;
+    let open = Open { args, ep: &ep, deadline: t0 + max_connect };
+    let streams = with_protocol(&args.common, &ep, nonce, layout, Topology::Pairs, open)??;
+    ensure!(!streams.is_empty(), "no connection opened within --max-connect-time");
     let connect_s = t0.elapsed().as_secs_f64();
     std::thread::sleep(settle);
     let rss_after_kib = vm_rss_kib(pid)?;
+    let opened = streams.len();
     let open = streams.iter().filter(|s| is_open(s)).count();
     drop(streams);
-    let n = args.connections;
+    let n = opened;
     Ok(IdleReport {
         workload: "idle",
         target: ep.target.name(),
         url: ep.url,
+        requested: args.connections,
         connections: n,
         open,
         connect_s,
@@ -99,6 +110,8 @@ pub fn run_idle(args: &IdleArgs) -> anyhow::Result<IdleReport> {
 struct Open<'a> {
     args: &'a IdleArgs,
     ep: &'a Endpoint,
+    /// When to stop opening.
+    deadline: Instant,
 }
 
 impl WithProtocol for Open<'_> {
@@ -115,6 +128,9 @@ impl WithProtocol for Open<'_> {
             for i in range {
                 if failed.load(Ordering::Relaxed) {
                     bail!("another thread failed to connect");
+                }
+                if Instant::now() >= self.deadline {
+                    break;
                 }
                 let c = proto.connect(i, Role::Idle, timeout).with_context(|| format!("connection {i}"));
                 let c = c.inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
@@ -185,11 +201,12 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 impl Outcome for IdleReport {
     fn table(&self) -> String {
         format!(
-            "loadtest idle: {} {} | {} connections ({} still open) opened in {:.2} s, held {:.1} s\n  \
+            "loadtest idle: {} {} | {} of {} connections ({} still open) opened in {:.2} s, held {:.1} s\n  \
              server RSS    {} KiB -> {} KiB\n  per connection {:.0} bytes ({:.2} KiB)",
             self.target,
             self.url,
             self.connections,
+            self.requested,
             self.open,
             self.connect_s,
             self.settle_s,

@@ -180,7 +180,7 @@ fn idle(server: &Server, target: &str) -> Value {
     let mut args = vec!["--connections", "50", "--settle", "0.2", "--threads", "2"];
     args.extend(flags.iter().map(String::as_str));
     let r = run_json(server, "idle", target, &url, &args);
-    assert_eq!(r["connections"], 50, "{r}");
+    assert_eq!((r["requested"].as_u64(), r["connections"].as_u64()), (Some(50), Some(50)), "{r}");
     assert_eq!(r["open"], 50, "every connection is still open: {r}");
     let kib = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("no {k} in {r}"));
     assert!(kib("rss_before_kib") > 0 && kib("rss_after_kib") > 0, "{r}");
@@ -244,6 +244,22 @@ fn idle_needs_the_server_pid() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--server-pid"), "{err}");
+}
+
+#[test]
+fn idle_stops_opening_at_its_time_bound() {
+    // A bound of 0 s opens nothing, which is an error (nothing to measure).
+    let server = Server::nats();
+    let pid = server.child.id().to_string();
+    let url = format!("nats://{}", server.addr);
+    let out = Command::new(bin("loadtest"))
+        .args(["idle", "--target", "nats", "--url", &url, "--connections", "10", "--server-pid", &pid])
+        .args(["--max-connect-time", "0"])
+        .output()
+        .expect("run loadtest");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no connection opened within --max-connect-time"), "{err}");
 }
 
 #[test]
