@@ -512,6 +512,14 @@ async fn read_websocket(mut st: Box<ReadState>) {
     tracing::debug!("disconnected");
 }
 
+/// `bytes[start..start + len]` as the same reference (no refcount update,
+/// unlike `slice`).
+fn narrow(mut bytes: Bytes, start: usize, len: usize) -> Bytes {
+    bytes.advance(start);
+    bytes.truncate(len);
+    bytes
+}
+
 /// Interprets frames for one connection.
 struct Reader<'a> {
     shard: &'a Rc<Shard>,
@@ -528,10 +536,7 @@ impl Reader<'_> {
             // A frame may close the connection (a fatal error): then the
             // frames after it in the buffer must not be interpreted.
             WsEvent::Binary(range) => {
-                let mut payload = frame;
-                payload.advance(range.start);
-                payload.truncate(range.len());
-                self.on_frame(payload, now, now_ms);
+                self.on_frame(narrow(frame, range.start, range.len()), now, now_ms);
                 !self.closing()
             }
             WsEvent::BinaryAssembled(message) => {
@@ -605,10 +610,7 @@ impl Reader<'_> {
         match frame {
             Frame::Send { envelope } => {
                 let (start, len) = (envelope.as_ptr() as usize - payload.as_ptr() as usize, envelope.len());
-                let mut envelope = payload;
-                envelope.advance(start);
-                envelope.truncate(len);
-                self.on_send(envelope, now, now_ms);
+                self.on_send(narrow(payload, start, len), now, now_ms);
             }
             Frame::DeliveryAck { id } => {
                 if !self.shard.ack(self.id, id) {
