@@ -56,6 +56,52 @@ pub struct Plan {
     pub drain_end_ns: u64,
 }
 
+impl Plan {
+    /// When sender `index` (of the run's [`Mode::Rate`] `total_pairs`)
+    /// sends first: rate-mode senders are spread over one interval.
+    pub(crate) fn first_due(&self, index: usize) -> u64 {
+        match self.mode {
+            Mode::Rate { interval_ns, total_pairs } => {
+                self.send_start_ns + interval_ns * index as u64 / total_pairs.max(1) as u64
+            }
+            Mode::Max { .. } => self.send_start_ns,
+        }
+    }
+
+    /// How long a thread may wait for socket events at `now`, when its
+    /// earliest rate-mode send is due at `next_due`: until the window ends
+    /// (closed loop), until just before the next send is due (it spins the
+    /// last [`SPIN_NS`]), or until the drain ends; at most [`MAX_SLEEP`].
+    pub(crate) fn poll_wait(&self, now: u64, next_due: u64) -> Duration {
+        let until = if now >= self.window.end_ns {
+            self.drain_end_ns.saturating_sub(now)
+        } else {
+            match self.mode {
+                Mode::Max { .. } => self.window.end_ns - now,
+                Mode::Rate { .. } => next_due.min(self.window.end_ns).saturating_sub(now).saturating_sub(SPIN_NS),
+            }
+        };
+        Duration::from_nanos(until).min(MAX_SLEEP)
+    }
+
+    /// Rate mode: calls `send(due, wbuf)` for each send due by `now` and
+    /// before the window's end, advancing `next_due` by `interval_ns`, while
+    /// the write buffer `wbuf` is under [`WRITE_BACKLOG`].
+    pub(crate) fn send_due(
+        &self,
+        interval_ns: u64,
+        next_due: &mut u64,
+        now: u64,
+        wbuf: &mut Vec<u8>,
+        mut send: impl FnMut(u64, &mut Vec<u8>),
+    ) {
+        while *next_due <= now && *next_due < self.window.end_ns && wbuf.len() < WRITE_BACKLOG {
+            send(*next_due, wbuf);
+            *next_due += interval_ns;
+        }
+    }
+}
+
 /// What the threads share: the epoch, the start barrier and the plan.
 #[derive(Debug)]
 pub struct Shared {
@@ -82,6 +128,13 @@ impl Shared {
     /// Nanoseconds since the epoch.
     pub fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Sleeps until `t_ns` on the shared clock.
+    pub(crate) fn sleep_until(&self, t_ns: u64) {
+        while self.now_ns() < t_ns {
+            std::thread::sleep(Duration::from_nanos(t_ns.saturating_sub(self.now_ns())).min(MAX_SLEEP));
+        }
     }
 }
 
@@ -195,20 +248,12 @@ pub fn drive<P: Protocol>(proto: &P, pairs: Range<usize>, shared: &Shared) -> an
         let rw = Interest::READABLE | Interest::WRITABLE;
         poll.registry().register(&mut slot.sender.stream, Token(2 * k), rw)?;
         poll.registry().register(&mut slot.receiver.stream, Token(2 * k + 1), rw)?;
-        slot.next_due_ns = match plan.mode {
-            Mode::Rate { interval_ns, total_pairs } => {
-                plan.send_start_ns + interval_ns * (pairs.start + k) as u64 / total_pairs.max(1) as u64
-            }
-            Mode::Max { .. } => plan.send_start_ns,
-        };
+        slot.next_due_ns = plan.first_due(pairs.start + k);
         slot.last_progress_ns = plan.send_start_ns;
     }
     let mut stats = Stats::new()?;
     let mut events = Events::with_capacity(1024);
-    // Wait for the start of sending.
-    while shared.now_ns() < plan.send_start_ns {
-        std::thread::sleep(Duration::from_nanos(plan.send_start_ns - shared.now_ns()).min(MAX_SLEEP));
-    }
+    shared.sleep_until(plan.send_start_ns);
     let mut complete = false;
     loop {
         let now = shared.now_ns();
@@ -226,18 +271,7 @@ pub fn drive<P: Protocol>(proto: &P, pairs: Range<usize>, shared: &Shared) -> an
             complete = slots.iter().all(|s| s.ledger.lost() == 0);
             break;
         }
-        let wait = if sending {
-            match plan.mode {
-                Mode::Max { .. } => Duration::from_nanos(plan.window.end_ns - now).min(MAX_SLEEP),
-                Mode::Rate { .. } => {
-                    let until = next_due.min(plan.window.end_ns).saturating_sub(now);
-                    Duration::from_nanos(until.saturating_sub(SPIN_NS)).min(MAX_SLEEP)
-                }
-            }
-        } else {
-            Duration::from_nanos(plan.drain_end_ns - now).min(MAX_SLEEP)
-        };
-        match poll.poll(&mut events, Some(wait)) {
+        match poll.poll(&mut events, Some(plan.poll_wait(now, next_due))) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("polling"),
@@ -361,12 +395,11 @@ fn fill<P: Protocol>(slot: &mut Slot<P::Conn>, plan: &Plan, now: u64, stats: &mu
             }
         }
         Mode::Rate { interval_ns, .. } => {
-            while slot.next_due_ns <= now && slot.next_due_ns < plan.window.end_ns && conn.wbuf.len() < WRITE_BACKLOG {
-                let due = slot.next_due_ns;
-                let seq = slot.ledger.on_send(due, &plan.window);
-                P::encode_message(&conn.proto, &mut conn.wbuf, slot.template.stamp(seq, due));
-                slot.next_due_ns += interval_ns;
-            }
+            let Slot { ledger, template, next_due_ns, .. } = slot;
+            plan.send_due(interval_ns, next_due_ns, now, &mut conn.wbuf, |due, wbuf| {
+                let seq = ledger.on_send(due, &plan.window);
+                P::encode_message(&conn.proto, wbuf, template.stamp(seq, due));
+            });
         }
     }
     if conn.wbuf.len() > before
@@ -451,4 +484,53 @@ pub(crate) fn flush<C>(conn: &mut Conn<C>) -> io::Result<()> {
     conn.wbuf.clear();
     conn.wpos = 0;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(mode: Mode) -> Plan {
+        let ms = 1_000_000;
+        Plan {
+            mode,
+            send_start_ns: 100 * ms,
+            window: Window { start_ns: 200 * ms, end_ns: 300 * ms },
+            drain_end_ns: 400 * ms,
+        }
+    }
+
+    #[test]
+    fn rate_senders_are_spread_over_one_interval() {
+        let p = plan(Mode::Rate { interval_ns: 1_000, total_pairs: 4 });
+        assert_eq!([0, 1, 3].map(|i| p.first_due(i) - p.send_start_ns), [0, 250, 750]);
+        assert_eq!(plan(Mode::Max { in_flight: 8 }).first_due(3), p.send_start_ns);
+    }
+
+    #[test]
+    fn poll_waits_end_at_the_window_the_next_send_or_the_drain() {
+        let ms = 1_000_000;
+        let max = plan(Mode::Max { in_flight: 8 });
+        assert_eq!(max.poll_wait(295 * ms, u64::MAX), Duration::from_millis(5));
+        assert_eq!(max.poll_wait(250 * ms, u64::MAX), MAX_SLEEP);
+        assert_eq!(max.poll_wait(397 * ms, u64::MAX), Duration::from_millis(3), "draining");
+        let rate = plan(Mode::Rate { interval_ns: ms, total_pairs: 1 });
+        // Woken SPIN_NS before the send is due; already due: no wait.
+        assert_eq!(rate.poll_wait(250 * ms, 255 * ms), Duration::from_nanos(5 * ms - SPIN_NS));
+        assert_eq!(rate.poll_wait(250 * ms, 240 * ms), Duration::ZERO);
+    }
+
+    #[test]
+    fn due_sends_stop_at_the_window_end_and_the_backlog() {
+        let p = plan(Mode::Rate { interval_ns: 10, total_pairs: 1 });
+        let end = p.window.end_ns;
+        let (mut next, mut sent, mut wbuf) = (end - 30, Vec::new(), Vec::new());
+        p.send_due(10, &mut next, end + 100, &mut wbuf, |due, _| sent.push(due));
+        assert_eq!(sent, [end - 30, end - 20, end - 10]);
+        assert_eq!(next, end);
+        let (mut next, mut n) = (0, 0);
+        let mut full = vec![0; WRITE_BACKLOG];
+        p.send_due(10, &mut next, end, &mut full, |_, _| n += 1);
+        assert_eq!((n, next), (0, 0), "no room in the write buffer");
+    }
 }

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::accounting::{Arrival, FanoutCounts, PairCounts, PairLedger, ReceiverCounts, ReceiverLedger, Window};
 use crate::cpu;
-use crate::driver::{self, Conn, MAX_SLEEP, Mode, Plan, SPIN_NS, STALL_NS, Shared, WRITE_BACKLOG};
+use crate::driver::{self, Conn, Mode, Plan, STALL_NS, Shared, WRITE_BACKLOG};
 use crate::message::{Layout, Template, room_name};
 use crate::progress::Progress;
 use crate::run::{
@@ -359,9 +359,7 @@ fn drive<P: Protocol>(
     let mut latency = Histogram::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram bounds")?;
     let mut report = ThreadReport::default();
     let mut events = Events::with_capacity(1024);
-    while shared.now_ns() < plan.send_start_ns {
-        std::thread::sleep(Duration::from_nanos(plan.send_start_ns.saturating_sub(shared.now_ns())).min(MAX_SLEEP));
-    }
+    shared.sleep_until(plan.send_start_ns);
     loop {
         let now = shared.now_ns();
         if now >= plan.drain_end_ns {
@@ -390,12 +388,7 @@ fn drive<P: Protocol>(
         }
         let wait = match (sending, plan.mode) {
             (true, Mode::Max { .. }) if busy && sender.is_some() => Duration::ZERO,
-            (true, Mode::Max { .. }) => Duration::from_nanos(plan.window.end_ns - now).min(MAX_SLEEP),
-            (true, Mode::Rate { .. }) => {
-                let next = sender.as_ref().map_or(plan.window.end_ns, |s| s.next_due_ns).min(plan.window.end_ns);
-                Duration::from_nanos(next.saturating_sub(now).saturating_sub(SPIN_NS)).min(MAX_SLEEP)
-            }
-            (false, _) => Duration::from_nanos(plan.drain_end_ns - now).min(MAX_SLEEP),
+            _ => plan.poll_wait(now, sender.as_ref().map_or(u64::MAX, |s| s.next_due_ns)),
         };
         match poll.poll(&mut events, Some(wait)) {
             Ok(()) => {}
@@ -521,12 +514,11 @@ fn fill<P: Protocol>(s: &mut SenderSlot<P::Conn>, plan: &Plan, now: u64, fan: &F
             }
         }
         Mode::Rate { interval_ns, .. } => {
-            while s.next_due_ns <= now && s.next_due_ns < plan.window.end_ns && conn.wbuf.len() < WRITE_BACKLOG {
-                let due = s.next_due_ns;
-                let seq = s.ledger.on_send(due, &plan.window);
-                P::encode_message(&conn.proto, &mut conn.wbuf, s.template.stamp(seq, due));
-                s.next_due_ns += interval_ns;
-            }
+            let SenderSlot { ledger, template, next_due_ns, .. } = s;
+            plan.send_due(interval_ns, next_due_ns, now, &mut conn.wbuf, |due, wbuf| {
+                let seq = ledger.on_send(due, &plan.window);
+                P::encode_message(&conn.proto, wbuf, template.stamp(seq, due));
+            });
         }
     }
     if conn.wbuf.len() > before {

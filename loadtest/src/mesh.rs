@@ -22,16 +22,14 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, anyhow, ensure};
 use clap::Args;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::accounting::{Arrival, MeshLedger, PairCounts, PairLedger};
-use crate::driver::{
-    Conn, MAX_SLEEP, Mode, Plan, SPIN_NS, STALL_NS, Shared, Stats, ThreadReport, WRITE_BACKLOG, flush, open, pump,
-};
+use crate::driver::{Conn, Mode, Plan, STALL_NS, Shared, Stats, ThreadReport, WRITE_BACKLOG, flush, open, pump};
 use crate::message::{Layout, Template};
 use crate::run::{
     MAX_RUN_PAIRS, Report, RunConfig, TargetArgs, TrafficArgs, WithProtocol, execute, raise_fd_limit, run_identity,
@@ -184,20 +182,13 @@ fn drive<P: Protocol>(
     let mut poll = Poll::new().context("creating the poll")?;
     for (k, slot) in slots.iter_mut().enumerate() {
         poll.registry().register(&mut slot.conn.stream, Token(k), Interest::READABLE | Interest::WRITABLE)?;
-        slot.next_due_ns = match plan.mode {
-            Mode::Rate { interval_ns, total_pairs } => {
-                plan.send_start_ns + interval_ns * (users.start + k) as u64 / total_pairs.max(1) as u64
-            }
-            Mode::Max { .. } => plan.send_start_ns,
-        };
+        slot.next_due_ns = plan.first_due(users.start + k);
         slot.last_progress_ns = plan.send_start_ns;
     }
     let mut stats = Stats::new()?;
     let mut ledger = MeshLedger::new(mesh.users, slots.len());
     let mut events = Events::with_capacity(1024);
-    while shared.now_ns() < plan.send_start_ns {
-        std::thread::sleep(Duration::from_nanos(plan.send_start_ns - shared.now_ns()).min(MAX_SLEEP));
-    }
+    shared.sleep_until(plan.send_start_ns);
     let mut complete = false;
     loop {
         let now = shared.now_ns();
@@ -220,18 +211,7 @@ fn drive<P: Protocol>(
                 break;
             }
         }
-        let wait = if sending {
-            match plan.mode {
-                Mode::Max { .. } => Duration::from_nanos(plan.window.end_ns - now).min(MAX_SLEEP),
-                Mode::Rate { .. } => {
-                    let until = next_due.min(plan.window.end_ns).saturating_sub(now);
-                    Duration::from_nanos(until.saturating_sub(SPIN_NS)).min(MAX_SLEEP)
-                }
-            }
-        } else {
-            Duration::from_nanos(plan.drain_end_ns - now).min(MAX_SLEEP)
-        };
-        match poll.poll(&mut events, Some(wait)) {
+        match poll.poll(&mut events, Some(plan.poll_wait(now, next_due))) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("polling"),
