@@ -11,13 +11,13 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use switchboard::auth::{AuthConfig, ShardVerifier, TokenRequest, Verifier, issue_hs256};
 use switchboard::shard::mesh::Mesh;
 use switchboard::shard::presence::{Owners, Presence};
-use switchboard::shard::{ConnId, ShardId};
+use switchboard::shard::{ConnId, Member, ShardId};
 use switchboard_protocol::UserId;
 
 fn presence(c: &mut Criterion) {
     let mut p = Presence::default();
     for i in 0..100_000u32 {
-        p.add(&format!("user-{i}"), ConnId { slot: i, generation: 1 });
+        p.add(&format!("user-{i}"), Member { shard: ShardId(0), conn: ConnId { slot: i, generation: 1 } });
     }
     let mut g = c.benchmark_group("presence_lookup");
     g.throughput(Throughput::Elements(1));

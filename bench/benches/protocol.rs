@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use switchboard_protocol::frame::{ErrorFrame, deliver_header};
+use switchboard_protocol::frame::{Confirm, ErrorFrame, deliver_header};
 use switchboard_protocol::limits::MAX_METADATA_ENTRIES;
 use switchboard_protocol::{
     Destination, DeviceId, Envelope, EnvelopeBuilder, EnvelopeError, EnvelopeId, ErrorCode, Frame, Limits, Outcome,
@@ -103,17 +103,21 @@ fn frames(c: &mut Criterion) {
     let id = EnvelopeId::new_v7(1, &[1; 10]);
     let room = RoomName::parse("lobby").expect("valid");
     let bob = UserId::parse("bob").expect("valid");
+    let mut accepted = Vec::new();
+    switchboard_protocol::frame::encode_accepted(&[Confirm { through: 1, outcome: Outcome::Delivered }], &mut accepted);
+    let Ok(accepted) = Frame::decode(&accepted, &Limits::default()) else { unreachable!() };
     let cases = [
-        ("send", Frame::Send { envelope: &env }),
+        ("send", Frame::Send { no_answer: false, envelope: &env }),
         ("deliver", Frame::Deliver { redelivery: false, envelope: &env }),
-        ("accepted", Frame::Accepted { id, outcome: Outcome::Delivered, recipients: 1 }),
-        ("delivery_ack", Frame::DeliveryAck { id }),
+        ("accepted", accepted),
+        ("delivery_ack", Frame::DeliveryAck { through: 1 }),
         (
             "error",
             Frame::Error(ErrorFrame {
                 code: ErrorCode::SenderMismatch.code(),
                 envelope_id: Some(id),
                 request_id: None,
+                sequence: Some(1),
                 reason: "sender does not match the token",
             }),
         ),
@@ -156,13 +160,13 @@ fn frames(c: &mut Criterion) {
 /// The full receive path of one 256-byte send: frame decode, envelope
 /// verify, header read.
 fn receive_path(c: &mut Criterion) {
-    let frame = Frame::Send { envelope: &envelope(256) }.to_vec();
+    let frame = Frame::Send { no_answer: false, envelope: &envelope(256) }.to_vec();
     let limits = Limits::default();
     let mut g = c.benchmark_group("receive_send_frame");
     g.throughput(Throughput::Elements(1));
     g.bench_function("256", |b| {
         b.iter(|| {
-            let Ok(Frame::Send { envelope }) = Frame::decode(black_box(&frame), &limits) else { unreachable!() };
+            let Ok(Frame::Send { envelope, .. }) = Frame::decode(black_box(&frame), &limits) else { unreachable!() };
             let env = Envelope::parse(envelope, &limits).expect("valid");
             black_box((env.id(), env.sender(), env.destination()));
         })

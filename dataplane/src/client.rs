@@ -6,14 +6,21 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use switchboard_protocol::frame::FrameType;
 use switchboard_protocol::{Frame, Limits};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
-/// A connected, authenticated client.
+/// A connected, authenticated client. It counts what protocol 1.1 numbers
+/// implicitly: the `send` frames it wrote (their sequence numbers, which
+/// `accepted` and `error` answers name) and the `deliver` frames it
+/// received (which [`ack`](Self::ack) acknowledges cumulatively).
 pub struct Client {
     ws: WebSocket<TcpStream>,
     limits: Limits,
+    sends: u64,
+    deliveries: u64,
+    acked: u64,
 }
 
 impl Client {
@@ -38,6 +45,9 @@ impl Client {
         Ok(Self {
             ws,
             limits: Limits::default().with_max_envelope_len(switchboard_protocol::limits::MAX_ENVELOPE_LEN_CEILING),
+            sends: 0,
+            deliveries: 0,
+            acked: 0,
         })
     }
 
@@ -50,6 +60,29 @@ impl Client {
     /// Sends one frame.
     pub fn send(&mut self, frame: &Frame<'_>) -> anyhow::Result<()> {
         self.ws.send(Message::Binary(frame.to_vec().into()))?;
+        if matches!(frame, Frame::Send { .. }) {
+            self.sends += 1;
+        }
+        Ok(())
+    }
+
+    /// The sequence number of the last `send` written (the first is 1).
+    pub fn sends(&self) -> u64 {
+        self.sends
+    }
+
+    /// `deliver` frames received so far.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries
+    }
+
+    /// Acknowledges every delivery received so far (one cumulative
+    /// `delivery-ack`, none if nothing new arrived).
+    pub fn ack(&mut self) -> anyhow::Result<()> {
+        if self.deliveries > self.acked {
+            self.send(&Frame::DeliveryAck { through: self.deliveries })?;
+            self.acked = self.deliveries;
+        }
         Ok(())
     }
 
@@ -57,7 +90,12 @@ impl Client {
     pub fn recv(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
         loop {
             match self.ws.read() {
-                Ok(Message::Binary(b)) => return Ok(Some(b.to_vec())),
+                Ok(Message::Binary(b)) => {
+                    if b.get(..2) == Some(&[switchboard_protocol::frame::VERSION, FrameType::Deliver as u8][..]) {
+                        self.deliveries += 1;
+                    }
+                    return Ok(Some(b.to_vec()));
+                }
                 Ok(Message::Close(frame)) => {
                     if let Some(f) = frame
                         && u16::from(f.code) != 1000

@@ -12,6 +12,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -149,6 +150,12 @@ pub struct LimitsConfig {
     pub idle_timeout_ms: u64,
     /// Messages each cross-shard queue holds.
     pub cross_shard_queue: usize,
+    /// How long (sender, envelope id) pairs are remembered to answer a
+    /// repeat `duplicate`, in ms (0 = no de-duplication).
+    pub dedup_window_ms: u64,
+    /// Most (sender, envelope id) pairs remembered per shard; the oldest
+    /// are forgotten first.
+    pub dedup_capacity: usize,
 }
 
 impl Default for LimitsConfig {
@@ -168,6 +175,8 @@ impl Default for LimitsConfig {
             ping_interval_ms: 30_000,
             idle_timeout_ms: 90_000,
             cross_shard_queue: 16_384,
+            dedup_window_ms: 120_000,
+            dedup_capacity: 65_536,
         }
     }
 }
@@ -210,6 +219,24 @@ pub enum ConfigError {
         /// The cause.
         source: io::Error,
     },
+}
+
+impl LimitsConfig {
+    /// The rules every client session follows.
+    pub fn session(&self) -> switchboard_protocol::session::SessionConfig {
+        switchboard_protocol::session::SessionConfig {
+            limits: switchboard_protocol::Limits::default().with_max_envelope_len(self.max_envelope_bytes),
+            max_ttl_ms: self.max_ttl_ms,
+            max_rooms: self.max_rooms_per_connection,
+            send_rate_per_sec: self.send_rate_per_sec,
+            send_burst: self.send_burst,
+            outbound_frames: self.outbound_queue_frames,
+            outbound_bytes: self.outbound_queue_bytes,
+            slow_consumer_grace: Duration::from_millis(self.slow_consumer_grace_ms),
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        }
+    }
 }
 
 impl Config {

@@ -7,8 +7,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use switchboard_protocol::Outcome;
 
-use crate::shard::mesh::Mesh;
-use crate::shard::{Msg, Protocol, RouteKind, ShardId};
+/// Transport of a connection (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// WebSocket on the client port.
+    WebSocket,
+    /// One `POST /send` request.
+    Http,
+}
+
+impl Protocol {
+    /// Label used in metrics and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "ws",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// Route kinds (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `user:` destinations.
+    User,
+    /// `room:` destinations.
+    Room,
+}
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -145,8 +170,8 @@ impl ShardMetrics {
         self.routed[k][usize::from(outcome.wire()).min(3)].inc();
     }
 
-    pub(crate) fn set_queue_depths(&self, mesh: &Mesh<Msg>, me: ShardId) {
-        let depth: usize = (0..mesh.shards()).map(|s| mesh.depth(ShardId(s as u16), me)).sum();
+    /// Sets the inbound cross-shard queue depth, summed over sources.
+    pub(crate) fn set_queue_depth(&self, depth: usize) {
         self.queue_depth.set(depth as u64);
     }
 }

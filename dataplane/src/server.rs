@@ -18,7 +18,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::auth::Verifier;
 use crate::config::{Config, IoDriver};
-use crate::shard::{Command, Msg, Shard, ShardId, Shared, conn};
+use crate::shard::{Command, Msg, Shard, ShardId, Shared, handshake, ws_io};
 
 /// Runs the server until a termination signal.
 pub fn serve(config: Config) -> anyhow::Result<()> {
@@ -202,13 +202,13 @@ async fn shard_main(shared: Arc<Shared>, id: ShardId, listener: std::net::TcpLis
     tracing::info!(driver = if uring { "io_uring" } else { "epoll" }, "shard started");
     let _ = ready.send(Ok(if uring { "io_uring" } else { "epoll" }));
     drop(ready);
-    monoio::spawn(conn::accept_loop(shard.clone(), listener));
+    monoio::spawn(handshake::accept_loop(shard.clone(), listener));
     monoio::spawn(tick_loop(shard.clone()));
     const BATCH: usize = 1024;
     while !shard.stopping.get() {
         shared.mesh.wait(id).await;
         loop {
-            let n = shared.mesh.drain(id, BATCH, |_, msg| shard.handle(msg));
+            let n = drain_mesh(&shard, BATCH);
             shard.flush_backlog();
             if n < BATCH || shard.stopping.get() {
                 break;
@@ -223,7 +223,7 @@ async fn shard_main(shared: Arc<Shared>, id: ShardId, listener: std::net::TcpLis
         let mesh = async {
             loop {
                 shared.mesh.wait(id).await;
-                shared.mesh.drain(id, BATCH, |_, msg| shard.handle(msg));
+                drain_mesh(&shard, BATCH);
             }
         };
         monoio::select! {
@@ -234,6 +234,19 @@ async fn shard_main(shared: Arc<Shared>, id: ShardId, listener: std::net::TcpLis
     if monoio::time::timeout(grace, drain).await.is_err() {
         tracing::warn!("grace period over, closing remaining connections");
     }
+}
+
+/// Handles up to `max` messages from the shard's mesh queues, then sends
+/// the answers they resolved (one `accepted` frame per connection).
+fn drain_mesh(shard: &std::rc::Rc<Shard>, max: usize) -> usize {
+    shard.set_now(std::time::Instant::now());
+    let n = shard.shared.mesh.drain(shard.id, max, |_, msg| match msg {
+        // Adopting a socket is the I/O layer's work, not the shard core's.
+        Msg::Handoff(h) => ws_io::adopt(shard, *h),
+        msg => shard.handle(msg),
+    });
+    shard.flush_dirty();
+    n
 }
 
 async fn tick_loop(shard: std::rc::Rc<Shard>) {

@@ -245,6 +245,21 @@ impl<'a> Envelope<'a> {
         Ok(env)
     }
 
+    /// Like [`parse`](Self::parse), but a failure also names the envelope's
+    /// id when it could be read (the layout verified and the id is not nil),
+    /// so that the answer to a bad envelope can say which one it was.
+    pub fn parse_or_id(bytes: &'a [u8], limits: &Limits) -> Result<Self, (EnvelopeError, Option<EnvelopeId>)> {
+        check_size_and_identifier(bytes, limits).map_err(|e| (e, None))?;
+        let env = verify::verify(bytes, limits).map_err(|e| (e, None))?;
+        match env.check(limits) {
+            Ok(()) => Ok(env),
+            Err(e) => {
+                let id = env.id();
+                Err((e, (!id.is_nil()).then_some(id)))
+            }
+        }
+    }
+
     fn check(&self, limits: &Limits) -> Result<(), EnvelopeError> {
         if self.id().is_nil() {
             return Err(EnvelopeError::NilId);

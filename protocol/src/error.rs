@@ -32,6 +32,9 @@ pub enum ErrorCode {
     InvalidDestination = 203,
     /// The envelope's sender is not the authenticated user.
     SenderMismatch = 204,
+    /// The envelope asks for something this server does not do yet
+    /// (`persist-if-offline` before mailboxes exist).
+    UnsupportedFeature = 205,
     /// No token was presented.
     Unauthenticated = 300,
     /// The token is malformed, signed with an unknown key, or has a wrong
@@ -76,6 +79,7 @@ impl ErrorCode {
         Self::EnvelopeExpired,
         Self::InvalidDestination,
         Self::SenderMismatch,
+        Self::UnsupportedFeature,
         Self::Unauthenticated,
         Self::InvalidToken,
         Self::TokenExpired,
@@ -116,6 +120,7 @@ impl ErrorCode {
             Self::EnvelopeExpired => "envelope-expired",
             Self::InvalidDestination => "invalid-destination",
             Self::SenderMismatch => "sender-mismatch",
+            Self::UnsupportedFeature => "unsupported-feature",
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidToken => "invalid-token",
             Self::TokenExpired => "token-expired",
@@ -168,7 +173,12 @@ impl ErrorCode {
             Self::MalformedFrame | Self::UnknownFrameType => 1002,
             Self::UnsupportedData => 1003,
             Self::InvalidEnvelope | Self::InvalidDestination => 1007,
-            Self::EnvelopeExpired | Self::NotAMember | Self::SenderMismatch | Self::Forbidden | Self::RoomLimit => 1008,
+            Self::EnvelopeExpired
+            | Self::NotAMember
+            | Self::SenderMismatch
+            | Self::Forbidden
+            | Self::RoomLimit
+            | Self::UnsupportedFeature => 1008,
             Self::FrameTooLarge | Self::EnvelopeTooLarge => 1009,
             Self::Internal => 1011,
             Self::Overloaded | Self::ConnectionLimit => 1013,
@@ -193,6 +203,7 @@ impl ErrorCode {
             Self::MalformedFrame => 0x81,                                            // Malformed Packet
             Self::UnsupportedVersion => 0x84,                                        // Unsupported Protocol Version
             Self::UnknownFrameType | Self::EnvelopeExpired => 0x83,                  // Implementation specific error
+            Self::UnsupportedFeature => 0x83,                                        // Implementation specific error
             Self::FrameTooLarge => 0x95,                                             // Packet too large
             Self::UnsupportedData | Self::InvalidEnvelope => 0x99,                   // Payload format invalid
             Self::InvalidDestination => 0x90,                                        // Topic Name invalid
@@ -219,6 +230,7 @@ impl ErrorCode {
             Self::Internal => 500,
             Self::IdleTimeout | Self::HandshakeTimeout => 408,
             Self::NotAMember => 404,
+            Self::UnsupportedFeature => 422,
             Self::MalformedFrame
             | Self::UnsupportedVersion
             | Self::UnknownFrameType
@@ -253,7 +265,7 @@ mod tests {
             assert_ne!(close, 1006, "1006 must never be sent");
             assert!(c.mqtt_reason() >= 0x80, "{c} maps to a success reason");
         }
-        assert_eq!(ErrorCode::ALL.len(), 24);
+        assert_eq!(ErrorCode::ALL.len(), 25);
         assert_eq!(ErrorCode::from_code(0), None);
         // MQTT 5 §3.4.2.1 and §3.9.3: reason codes a PUBACK or SUBACK may carry.
         const PUBACK: &[u8] = &[0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];

@@ -29,12 +29,21 @@ pub const VERSION: u8 = 1;
 pub const FRAME_HEADER_LEN: usize = 4;
 /// Bytes in front of the envelope in `send` and `deliver` frames.
 pub const ENVELOPE_FRAME_HEADER_LEN: usize = FRAME_HEADER_LEN;
+/// `send` flag: answer nothing for this envelope, neither `accepted` nor
+/// `error` (the equivalent of MQTT QoS 0 and core NATS publish).
+pub const SEND_FLAG_NO_ANSWER: u8 = 1 << 0;
 /// `deliver` flag: the envelope was delivered before and not acknowledged.
 pub const DELIVER_FLAG_REDELIVERY: u8 = 1 << 0;
 /// `error` flag: the envelope id field is meaningful.
 pub const ERROR_FLAG_ENVELOPE_ID: u8 = 1 << 0;
 /// `error` flag: the request id field is meaningful.
 pub const ERROR_FLAG_REQUEST_ID: u8 = 1 << 1;
+/// `error` flag: the send sequence field is meaningful.
+pub const ERROR_FLAG_SEQUENCE: u8 = 1 << 2;
+/// Bytes of one entry of an `accepted` frame.
+pub const CONFIRM_LEN: usize = 12;
+/// Most entries a server puts in one `accepted` frame.
+pub const MAX_CONFIRMS_PER_FRAME: usize = 64;
 
 /// The frame types, with their wire values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,11 +52,11 @@ pub const ERROR_FLAG_REQUEST_ID: u8 = 1 << 1;
 pub enum FrameType {
     /// Client → server: an envelope to route.
     Send = 0x01,
-    /// Server → client: the envelope was accepted.
+    /// Server → client: sends up to a sequence number were accepted.
     Accepted = 0x02,
     /// Server → client: an envelope for this connection.
     Deliver = 0x03,
-    /// Client → server: a delivered envelope was processed.
+    /// Client → server: every delivery up to a sequence number was processed.
     DeliveryAck = 0x04,
     /// Server → client: a request failed.
     Error = 0x05,
@@ -104,8 +113,9 @@ impl FrameType {
     /// Flag bits defined for this type.
     const fn defined_flags(self) -> u8 {
         match self {
+            Self::Send => SEND_FLAG_NO_ANSWER,
             Self::Deliver => DELIVER_FLAG_REDELIVERY,
-            Self::Error => ERROR_FLAG_ENVELOPE_ID | ERROR_FLAG_REQUEST_ID,
+            Self::Error => ERROR_FLAG_ENVELOPE_ID | ERROR_FLAG_REQUEST_ID | ERROR_FLAG_SEQUENCE,
             _ => 0,
         }
     }
@@ -167,6 +177,9 @@ pub struct ErrorFrame<'a> {
     pub envelope_id: Option<EnvelopeId>,
     /// The request (join/leave/presence) the error answers, if any.
     pub request_id: Option<u32>,
+    /// The send the error answers, by its sequence number on the
+    /// connection (the first `send` is 1), if it answers a send.
+    pub sequence: Option<u64>,
     /// Human-readable reason, at most [`MAX_REASON_LEN`] bytes.
     pub reason: &'a str,
 }
@@ -186,18 +199,13 @@ pub enum Frame<'a> {
     /// An envelope to route (bytes not yet verified: see
     /// [`Envelope::parse`](crate::Envelope::parse)).
     Send {
+        /// True if the client wants no answer for it.
+        no_answer: bool,
         /// The envelope bytes.
         envelope: &'a [u8],
     },
-    /// The server took responsibility for an envelope.
-    Accepted {
-        /// The envelope's id.
-        id: EnvelopeId,
-        /// What happened.
-        outcome: Outcome,
-        /// Live connections it was written to.
-        recipients: u32,
-    },
+    /// The server took responsibility for sends, by sequence ranges.
+    Accepted(Confirms<'a>),
     /// An envelope for the receiving connection.
     Deliver {
         /// True if delivered before without an ack.
@@ -205,10 +213,11 @@ pub enum Frame<'a> {
         /// The envelope bytes, as the sender sent them.
         envelope: &'a [u8],
     },
-    /// The receiver processed (stored, decrypted, …) an envelope.
+    /// The receiver processed (stored, decrypted, …) every delivery up to
+    /// and including `through` (the first `deliver` on a connection is 1).
     DeliveryAck {
-        /// The envelope's id.
-        id: EnvelopeId,
+        /// The last delivery sequence number acknowledged.
+        through: u64,
     },
     /// A request failed.
     Error(ErrorFrame<'a>),
@@ -303,6 +312,9 @@ pub enum FrameError {
     /// Unknown outcome value in an `accepted` frame.
     #[error("unknown outcome {0}")]
     UnknownOutcome(u8),
+    /// The entries of an `accepted` frame are not in increasing order.
+    #[error("accepted entries must have increasing sequence numbers")]
+    Unordered,
 }
 
 impl FrameError {
@@ -348,28 +360,21 @@ impl<'a> Frame<'a> {
         }
         let mut r = Reader { ty, body, total: buf.len() };
         let frame = match ty {
-            FrameType::Send => Self::Send { envelope: r.envelope()? },
+            FrameType::Send => Self::Send { no_answer: flags & SEND_FLAG_NO_ANSWER != 0, envelope: r.envelope()? },
             FrameType::Deliver => {
                 Self::Deliver { redelivery: flags & DELIVER_FLAG_REDELIVERY != 0, envelope: r.envelope()? }
             }
-            FrameType::Accepted => {
-                let id = r.id()?;
-                let outcome = r.u8()?;
-                let outcome = Outcome::from_wire(outcome).ok_or(FrameError::UnknownOutcome(outcome))?;
-                r.zeros(3)?;
-                let recipients = r.u32()?;
-                r.end()?;
-                Self::Accepted { id, outcome, recipients }
-            }
+            FrameType::Accepted => Self::Accepted(Confirms::parse(r.rest(), buf.len())?),
             FrameType::DeliveryAck => {
-                let id = r.id()?;
+                let through = r.u64()?;
                 r.end()?;
-                Self::DeliveryAck { id }
+                Self::DeliveryAck { through }
             }
             FrameType::Error => {
                 let code = r.u16()?;
                 r.zeros(2)?;
                 let request_id = r.u32()?;
+                let sequence = r.u64()?;
                 let envelope_id = r.id()?;
                 let reason = r.rest();
                 if reason.len() > MAX_REASON_LEN {
@@ -378,15 +383,17 @@ impl<'a> Frame<'a> {
                 let reason = core::str::from_utf8(reason).map_err(|_| FrameError::BadReason)?;
                 let has_req = flags & ERROR_FLAG_REQUEST_ID != 0;
                 let has_id = flags & ERROR_FLAG_ENVELOPE_ID != 0;
+                let has_seq = flags & ERROR_FLAG_SEQUENCE != 0;
                 // Absent fields must be zero; a present envelope id must not be
-                // nil (nil never names an envelope).
-                if (!has_req && request_id != 0) || (has_id == envelope_id.is_nil()) {
+                // nil (nil never names an envelope), nor a present sequence 0.
+                if (!has_req && request_id != 0) || (has_id == envelope_id.is_nil()) || (has_seq == (sequence == 0)) {
                     return Err(FrameError::Reserved(ty));
                 }
                 Self::Error(ErrorFrame {
                     code,
                     envelope_id: has_id.then_some(envelope_id),
                     request_id: has_req.then_some(request_id),
+                    sequence: has_seq.then_some(sequence),
                     reason,
                 })
             }
@@ -446,10 +453,10 @@ impl<'a> Frame<'a> {
     pub fn encoded_len(&self) -> usize {
         FRAME_HEADER_LEN
             + match self {
-                Self::Send { envelope } | Self::Deliver { envelope, .. } => envelope.len(),
-                Self::Accepted { .. } => 24,
-                Self::DeliveryAck { .. } => 16,
-                Self::Error(e) => 24 + e.reason.len(),
+                Self::Send { envelope, .. } | Self::Deliver { envelope, .. } => envelope.len(),
+                Self::Accepted(c) => c.bytes.len(),
+                Self::DeliveryAck { .. } => 8,
+                Self::Error(e) => ERROR_FIXED_LEN - FRAME_HEADER_LEN + truncate_utf8(e.reason, MAX_REASON_LEN).len(),
                 Self::JoinRoom { room, .. } | Self::LeaveRoom { room, .. } => 4 + room.as_str().len(),
                 Self::Done { .. } => 4,
                 Self::PresenceQuery { user, .. } => 4 + user.as_str().len(),
@@ -464,27 +471,26 @@ impl<'a> Frame<'a> {
     /// character boundary) so that what is encoded always decodes.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let flags = match self {
+            Self::Send { no_answer: true, .. } => SEND_FLAG_NO_ANSWER,
             Self::Deliver { redelivery: true, .. } => DELIVER_FLAG_REDELIVERY,
             Self::Error(e) => {
                 (if e.envelope_id.is_some() { ERROR_FLAG_ENVELOPE_ID } else { 0 })
                     | (if e.request_id.is_some() { ERROR_FLAG_REQUEST_ID } else { 0 })
+                    | (if e.sequence.is_some() { ERROR_FLAG_SEQUENCE } else { 0 })
             }
             _ => 0,
         };
         out.reserve(self.encoded_len());
         out.extend_from_slice(&[VERSION, self.frame_type() as u8, flags, 0]);
         match self {
-            Self::Send { envelope } | Self::Deliver { envelope, .. } => out.extend_from_slice(envelope),
-            Self::Accepted { id, outcome, recipients } => {
-                out.extend_from_slice(&id.0);
-                out.extend_from_slice(&[outcome.wire(), 0, 0, 0]);
-                out.extend_from_slice(&recipients.to_le_bytes());
-            }
-            Self::DeliveryAck { id } => out.extend_from_slice(&id.0),
+            Self::Send { envelope, .. } | Self::Deliver { envelope, .. } => out.extend_from_slice(envelope),
+            Self::Accepted(c) => out.extend_from_slice(c.bytes),
+            Self::DeliveryAck { through } => out.extend_from_slice(&through.to_le_bytes()),
             Self::Error(e) => {
                 out.extend_from_slice(&e.code.to_le_bytes());
                 out.extend_from_slice(&[0, 0]);
                 out.extend_from_slice(&e.request_id.unwrap_or(0).to_le_bytes());
+                out.extend_from_slice(&e.sequence.unwrap_or(0).to_le_bytes());
                 out.extend_from_slice(&e.envelope_id.unwrap_or_default().0);
                 out.extend_from_slice(truncate_utf8(e.reason, MAX_REASON_LEN).as_bytes());
             }
@@ -511,6 +517,86 @@ impl<'a> Frame<'a> {
         let mut v = Vec::with_capacity(self.encoded_len());
         self.encode(&mut v);
         v
+    }
+}
+
+/// Bytes of an `error` frame before its reason.
+pub const ERROR_FIXED_LEN: usize = FRAME_HEADER_LEN + 32;
+
+/// One entry of an `accepted` frame: every send on the connection with a
+/// sequence number up to and including `through` that has no answer yet was
+/// accepted with `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Confirm {
+    /// The last send sequence number this entry answers.
+    pub through: u64,
+    /// What happened to those sends.
+    pub outcome: Outcome,
+}
+
+impl Confirm {
+    /// The entry's 12 wire bytes: `through` u64 LE, outcome, 3 zero bytes.
+    pub fn to_bytes(self) -> [u8; CONFIRM_LEN] {
+        let mut b = [0u8; CONFIRM_LEN];
+        b[..8].copy_from_slice(&self.through.to_le_bytes());
+        b[8] = self.outcome.wire();
+        b
+    }
+}
+
+/// The entries of a received `accepted` frame (1 or more, `through`
+/// strictly increasing), checked when the frame was decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirms<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Confirms<'a> {
+    fn parse(bytes: &'a [u8], total: usize) -> Result<Self, FrameError> {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(CONFIRM_LEN) {
+            let need = FRAME_HEADER_LEN + (bytes.len() / CONFIRM_LEN + 1) * CONFIRM_LEN;
+            return Err(FrameError::Truncated { len: total, need });
+        }
+        let mut last = 0u64;
+        for entry in bytes.chunks_exact(CONFIRM_LEN) {
+            let through = u64::from_le_bytes(entry[..8].try_into().unwrap_or_default());
+            if entry[8] > 3 {
+                return Err(FrameError::UnknownOutcome(entry[8]));
+            }
+            if entry[9..] != [0, 0, 0] {
+                return Err(FrameError::Reserved(FrameType::Accepted));
+            }
+            if through <= last {
+                return Err(FrameError::Unordered);
+            }
+            last = through;
+        }
+        Ok(Self { bytes })
+    }
+
+    /// The entries, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Confirm> + 'a {
+        self.bytes.chunks_exact(CONFIRM_LEN).map(|e| Confirm {
+            through: u64::from_le_bytes(e[..8].try_into().unwrap_or_default()),
+            // Checked in `parse`.
+            outcome: Outcome::from_wire(e[8]).unwrap_or(Outcome::Delivered),
+        })
+    }
+
+    /// The last sequence number answered (the last entry's `through`).
+    pub fn through(&self) -> u64 {
+        self.iter().last().map_or(0, |c| c.through)
+    }
+}
+
+/// Appends an `accepted` frame with `entries` (1..=[`MAX_CONFIRMS_PER_FRAME`],
+/// `through` strictly increasing) to `out`.
+pub fn encode_accepted(entries: &[Confirm], out: &mut Vec<u8>) {
+    debug_assert!(!entries.is_empty() && entries.len() <= MAX_CONFIRMS_PER_FRAME);
+    out.reserve(FRAME_HEADER_LEN + entries.len() * CONFIRM_LEN);
+    out.extend_from_slice(&[VERSION, FrameType::Accepted as u8, 0, 0]);
+    for e in entries {
+        out.extend_from_slice(&e.to_bytes());
     }
 }
 

@@ -8,6 +8,8 @@
 //!   stream framing used on QUIC streams ([`stream`]);
 //! - the [`ErrorCode`] enum with its WebSocket close and MQTT 5 reason codes;
 //! - the MQTT topic mapping ([`mqtt`]);
+//! - the transport-neutral client [`session`] state machine (sequences,
+//!   batched answers and acks, rate, rooms, de-duplication, timers);
 //! - validated identifiers ([`UserId`], [`DeviceId`], [`EnvelopeId`], …) and
 //!   the [`Limits`] every decoder enforces.
 //!
@@ -22,6 +24,7 @@ pub mod frame;
 pub mod id;
 pub mod limits;
 pub mod mqtt;
+pub mod session;
 pub mod stream;
 
 #[allow(
@@ -37,6 +40,6 @@ mod generated;
 
 pub use envelope::{Envelope, EnvelopeBuilder, EnvelopeError, EnvelopeFlags};
 pub use error::ErrorCode;
-pub use frame::{Frame, FrameError, Outcome};
+pub use frame::{Confirm, Frame, FrameError, Outcome};
 pub use id::{Destination, DestinationKind, DeviceId, EnvelopeId, IdError, RoomName, ServiceName, UserId};
 pub use limits::Limits;

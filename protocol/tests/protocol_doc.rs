@@ -6,7 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchboard_protocol::frame::{ErrorFrame, FrameType, SEND_HEADER, deliver_header};
+use switchboard_protocol::frame::{
+    CONFIRM_LEN, DELIVER_FLAG_REDELIVERY, ERROR_FIXED_LEN, ERROR_FLAG_ENVELOPE_ID, ERROR_FLAG_REQUEST_ID,
+    ERROR_FLAG_SEQUENCE, ErrorFrame, FRAME_HEADER_LEN, FrameType, MAX_CONFIRMS_PER_FRAME, SEND_FLAG_NO_ANSWER,
+    SEND_HEADER, VERSION, deliver_header, encode_accepted,
+};
 use switchboard_protocol::limits::{
     MAX_CONTENT_TYPE_LEN, MAX_DESTINATION_NAME_LEN, MAX_DEVICE_ID_LEN, MAX_ENVELOPE_DEPTH, MAX_ENVELOPE_LEN,
     MAX_ENVELOPE_LEN_CEILING, MAX_METADATA_ENTRIES, MAX_METADATA_KEY_LEN, MAX_METADATA_VALUE_LEN, MAX_REASON_LEN,
@@ -14,8 +18,8 @@ use switchboard_protocol::limits::{
 };
 use switchboard_protocol::stream::{len_prefix, split_frame};
 use switchboard_protocol::{
-    Destination, DestinationKind, Envelope, EnvelopeBuilder, EnvelopeFlags, EnvelopeId, ErrorCode, Frame, Limits,
-    Outcome, RoomName, UserId,
+    Confirm, Destination, DestinationKind, Envelope, EnvelopeBuilder, EnvelopeFlags, EnvelopeId, ErrorCode, Frame,
+    Limits, Outcome, RoomName, UserId,
 };
 
 const DOC: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"));
@@ -43,7 +47,7 @@ fn example_envelope() -> Vec<u8> {
         CREATED_AT_MS,
     )
     .ttl_ms(60_000)
-    .flags(EnvelopeFlags::PERSIST_IF_OFFLINE)
+    .flags(EnvelopeFlags::empty())
     .priority(128)
     .content_type(CONTENT_TYPE)
     .payload(PAYLOAD)
@@ -135,7 +139,9 @@ fn hex(bytes: &[u8]) -> String {
 
 fn check_send_frame(bytes: &[u8]) {
     let frame = Frame::decode(bytes, &Limits::default()).expect("send-frame decodes");
-    let Frame::Send { envelope } = frame else { panic!("send-frame is not a send frame: {frame:?}") };
+    let Frame::Send { no_answer: false, envelope } = frame else {
+        panic!("send-frame is not a send frame asking for an answer: {frame:?}")
+    };
     assert_eq!(bytes[..4], SEND_HEADER);
     assert_eq!(envelope.len(), ENVELOPE_LEN, "the doc says the envelope is {ENVELOPE_LEN} bytes");
     let env = Envelope::parse(envelope, &Limits::default()).expect("send-frame's envelope verifies");
@@ -147,7 +153,7 @@ fn check_send_frame(bytes: &[u8]) {
     assert_eq!(env.destination().kind(), DestinationKind::User);
     assert_eq!(env.created_at_ms(), CREATED_AT_MS);
     assert_eq!(env.ttl_ms(), 60_000);
-    assert_eq!(env.flags(), EnvelopeFlags::PERSIST_IF_OFFLINE);
+    assert_eq!(env.flags(), EnvelopeFlags::empty());
     assert_eq!(env.priority(), 128);
     assert_eq!(env.content_type(), Some(CONTENT_TYPE));
     assert_eq!(env.metadata().count(), 0);
@@ -157,7 +163,7 @@ fn check_send_frame(bytes: &[u8]) {
     assert_eq!(&header[..16], example_id().as_bytes());
     assert_eq!(header[16..24], CREATED_AT_MS.to_le_bytes());
     assert_eq!(header[24..28], 60_000u32.to_le_bytes());
-    assert_eq!(header[28..30], EnvelopeFlags::PERSIST_IF_OFFLINE.bits().to_le_bytes());
+    assert_eq!(header[28..30], [0, 0], "the example has no flags");
     assert_eq!((header[30], header[31]), (128, DestinationKind::User.wire()));
     // The builder is deterministic: the doc's bytes are exactly its output.
     let built = example_envelope();
@@ -166,7 +172,30 @@ fn check_send_frame(bytes: &[u8]) {
         hex(&built),
         "send-frame: the doc's envelope (left) differs from EnvelopeBuilder's (right)"
     );
-    check_frame("send-frame", bytes, Frame::Send { envelope: &built });
+    check_frame("send-frame", bytes, Frame::Send { no_answer: false, envelope: &built });
+}
+
+/// The header of a `send` with the no-answer flag, checked in front of the
+/// example envelope.
+fn check_send_no_answer_header(bytes: &[u8]) {
+    assert_eq!(bytes, [VERSION, FrameType::Send as u8, SEND_FLAG_NO_ANSWER, 0], "send-no-answer-header");
+    let envelope = example_envelope();
+    let mut frame = bytes.to_vec();
+    frame.extend_from_slice(&envelope);
+    check_frame("send-no-answer-header", &frame, Frame::Send { no_answer: true, envelope: &envelope });
+}
+
+/// Asserts that `bytes` are `encode_accepted(entries)` and decode to exactly
+/// those entries.
+fn check_accepted(name: &str, bytes: &[u8], entries: &[Confirm]) {
+    assert!(entries.len() <= MAX_CONFIRMS_PER_FRAME, "{name}: more entries than a server sends");
+    let mut want = Vec::new();
+    encode_accepted(entries, &mut want);
+    assert_eq!(hex(bytes), hex(&want), "{name}: the doc's bytes (left) differ from encode_accepted({entries:?})");
+    let frame = Frame::decode(bytes, &Limits::default());
+    let Ok(Frame::Accepted(confirms)) = frame else { panic!("{name} does not decode to accepted: {frame:?}") };
+    assert_eq!(confirms.iter().collect::<Vec<_>>(), entries, "{name}");
+    assert_eq!(hex(&Frame::Accepted(confirms).to_vec()), hex(bytes), "{name}: re-encoding differs");
 }
 
 fn check_deliver_frame(bytes: &[u8]) {
@@ -175,6 +204,10 @@ fn check_deliver_frame(bytes: &[u8]) {
     want.extend_from_slice(&envelope);
     assert_eq!(hex(bytes), hex(&want), "deliver-frame is not deliver_header(false) + the example envelope");
     check_frame("deliver-frame", bytes, Frame::Deliver { redelivery: false, envelope: &envelope });
+}
+
+fn confirm(through: u64, outcome: Outcome) -> Confirm {
+    Confirm { through, outcome }
 }
 
 #[test]
@@ -188,12 +221,20 @@ fn hex_examples_match_the_crate() {
         let b = &bytes[..];
         match name.as_str() {
             "send-frame" => check_send_frame(b),
+            "send-no-answer-header" => check_send_no_answer_header(b),
             "deliver-frame" => check_deliver_frame(b),
-            "redelivery-header" => assert_eq!(b, deliver_header(true), "{name}"),
-            "accepted-frame" => {
-                check_frame(name, b, Frame::Accepted { id, outcome: Outcome::Delivered, recipients: 1 })
-            }
-            "delivery-ack-frame" => check_frame(name, b, Frame::DeliveryAck { id }),
+            "accepted-frame" => check_accepted(name, b, &[confirm(1, Outcome::Delivered)]),
+            // Sends 2..=9: 3 asked for no answer, 7 was answered by an error.
+            "accepted-batch-frame" => check_accepted(
+                name,
+                b,
+                &[
+                    confirm(4, Outcome::Delivered),
+                    confirm(5, Outcome::RecipientOffline),
+                    confirm(9, Outcome::Delivered),
+                ],
+            ),
+            "delivery-ack-frame" => check_frame(name, b, Frame::DeliveryAck { through: 1 }),
             "error-frame" => check_frame(
                 name,
                 b,
@@ -201,7 +242,8 @@ fn hex_examples_match_the_crate() {
                     code: ErrorCode::SenderMismatch.code(),
                     envelope_id: Some(id),
                     request_id: None,
-                    reason: "sender is not the token's sub",
+                    sequence: Some(1),
+                    reason: "sender is not the authenticated user",
                 }),
             ),
             "error-request-frame" => check_frame(
@@ -211,7 +253,8 @@ fn hex_examples_match_the_crate() {
                     code: ErrorCode::RoomLimit.code(),
                     envelope_id: None,
                     request_id: Some(7),
-                    reason: "room limit reached",
+                    sequence: None,
+                    reason: "too many rooms",
                 }),
             ),
             "join-room-frame" => check_frame(name, b, Frame::JoinRoom { request_id: 7, room: lobby }),
@@ -239,8 +282,10 @@ fn hex_examples_match_the_crate() {
         "send-frame",
         "deliver-frame",
         "accepted-frame",
+        "accepted-batch-frame",
         "delivery-ack-frame",
         "error-frame",
+        "error-request-frame",
         "join-room-frame",
         "ping-frame",
     ] {
@@ -401,9 +446,54 @@ fn frame_type_table_matches_frame_types() {
             other => panic!("direction {other:?}"),
         };
         assert_eq!(by_client, ty.sent_by_client(), "direction of {ty:?}");
+        assert_eq!(row[3], flags_cell(ty), "flags of {ty:?}");
+        assert_eq!(row[5], length_cell(ty), "total length of {ty:?}");
     }
     let all: BTreeSet<u8> = (0..=255).filter(|&v| FrameType::from_wire(v).is_some()).collect();
     assert_eq!(seen, all, "the frame type table must list every frame type");
+}
+
+/// What the frame type table must say in the flags column of `ty`.
+fn flags_cell(ty: FrameType) -> String {
+    let bit = |flag: u8| flag.trailing_zeros();
+    match ty {
+        FrameType::Send => format!("bit {} no-answer", bit(SEND_FLAG_NO_ANSWER)),
+        FrameType::Deliver => format!("bit {} redelivery", bit(DELIVER_FLAG_REDELIVERY)),
+        FrameType::Error => format!(
+            "bit {} envelope id, bit {} request id, bit {} sequence",
+            bit(ERROR_FLAG_ENVELOPE_ID),
+            bit(ERROR_FLAG_REQUEST_ID),
+            bit(ERROR_FLAG_SEQUENCE)
+        ),
+        _ => "none".to_owned(),
+    }
+}
+
+/// What the frame type table must say in the total length column of `ty`:
+/// the encoded length of a sample frame, with its variable part named.
+fn length_cell(ty: FrameType) -> String {
+    let x = RoomName::parse("x").unwrap();
+    let y = UserId::parse("y").unwrap();
+    let plus = |frame: Frame<'_>, what: &str| format!("{} + {what}", frame.encoded_len() - 1);
+    match ty {
+        FrameType::Send => plus(Frame::Send { no_answer: false, envelope: b"e" }, "envelope"),
+        FrameType::Deliver => plus(Frame::Deliver { redelivery: false, envelope: b"e" }, "envelope"),
+        FrameType::Accepted => format!("{FRAME_HEADER_LEN} + {CONFIRM_LEN}·N"),
+        FrameType::Error => {
+            let e = ErrorFrame { code: 100, envelope_id: None, request_id: None, sequence: None, reason: "" };
+            assert_eq!(Frame::Error(e).encoded_len(), ERROR_FIXED_LEN);
+            format!("{ERROR_FIXED_LEN} + reason (≤ {})", ERROR_FIXED_LEN + MAX_REASON_LEN)
+        }
+        FrameType::JoinRoom => plus(Frame::JoinRoom { request_id: 1, room: x }, "name"),
+        FrameType::LeaveRoom => plus(Frame::LeaveRoom { request_id: 1, room: x }, "name"),
+        FrameType::PresenceQuery => plus(Frame::PresenceQuery { request_id: 1, user: y }, "name"),
+        FrameType::PresenceResult => plus(Frame::PresenceResult { request_id: 1, user: y, connections: 0 }, "name"),
+        FrameType::DeliveryAck => Frame::DeliveryAck { through: 1 }.encoded_len().to_string(),
+        FrameType::Done => Frame::Done { request_id: 1 }.encoded_len().to_string(),
+        FrameType::Ping => Frame::Ping { nonce: 1 }.encoded_len().to_string(),
+        FrameType::Pong => Frame::Pong { nonce: 1 }.encoded_len().to_string(),
+        other => panic!("add the total length of {other:?} to this test"),
+    }
 }
 
 #[test]
@@ -455,6 +545,7 @@ fn limits_table_matches_limits() {
         ("MAX_CONTENT_TYPE_LEN", MAX_CONTENT_TYPE_LEN),
         ("MAX_REASON_LEN", MAX_REASON_LEN),
         ("MAX_ENVELOPE_DEPTH", MAX_ENVELOPE_DEPTH),
+        ("MAX_CONFIRMS_PER_FRAME", MAX_CONFIRMS_PER_FRAME),
     ]
     .into_iter()
     .collect();
@@ -472,4 +563,11 @@ fn limits_table_matches_limits() {
         MAX_ENVELOPE_LEN,
         "the doc says the default maximum is MAX_ENVELOPE_LEN"
     );
+    let largest_error = format!("{ERROR_FIXED_LEN} + {MAX_REASON_LEN} = {} bytes", ERROR_FIXED_LEN + MAX_REASON_LEN);
+    assert!(DOC.contains(&largest_error), "the doc does not say the largest error frame is {largest_error}");
+    let largest_accepted = format!(
+        "{FRAME_HEADER_LEN} + {CONFIRM_LEN} · {MAX_CONFIRMS_PER_FRAME} = {} bytes",
+        FRAME_HEADER_LEN + CONFIRM_LEN * MAX_CONFIRMS_PER_FRAME
+    );
+    assert!(DOC.contains(&largest_accepted), "the doc does not say the largest accepted frame is {largest_accepted}");
 }

@@ -11,7 +11,7 @@ JSON spec given as the only argument:
      "alice": {"user": "...", "token": "..."},
      "bob": {"user": "...", "token": "..."},
      "bad_token": "...",
-     "to_bob": ["<hex>", "<hex>"],   # alice -> user:bob
+     "to_bob": ["<hex>", "<hex>", "<hex>"],   # alice -> user:bob
      "to_room": "<hex>",             # alice -> room:interop
      "spoofed": "<hex>"}             # sender bob, sent on alice's connection
 
@@ -49,16 +49,29 @@ def check(cond, what):
 
 # --- frames, from docs/protocol.md section 4 -------------------------------
 
-def send_frame(env: bytes) -> bytes:
-    return b"\x01\x01\x00\x00" + env
+def send_frame(env: bytes, no_answer: bool = False) -> bytes:
+    return (b"\x01\x01\x01\x00" if no_answer else b"\x01\x01\x00\x00") + env
 
 
 def deliver_frame(env: bytes) -> bytes:
     return b"\x01\x03\x00\x00" + env
 
 
-def ack_frame(env_id: bytes) -> bytes:
-    return b"\x01\x04\x00\x00" + env_id
+def ack_frame(through: int) -> bytes:
+    return b"\x01\x04\x00\x00" + struct.pack("<Q", through)
+
+
+# Protocol 1.1 numbers sends and deliveries implicitly, per connection
+# (section 4, "Sequence numbers and answers"): the client counts them.
+SENT = {}       # id(ws) -> sequence number of the last send frame written
+DELIVERED = {}  # id(ws) -> deliver frames received
+
+
+async def send(ws, env: bytes, no_answer: bool = False) -> int:
+    """Writes a send frame; returns its sequence number."""
+    await ws.send(send_frame(env, no_answer))
+    SENT[id(ws)] = SENT.get(id(ws), 0) + 1
+    return SENT[id(ws)]
 
 
 def join_frame(request_id: int, room: str) -> bytes:
@@ -88,14 +101,15 @@ def envelope_id(env: bytes) -> bytes:
     return env[start:start + 16]
 
 
-def check_accepted(frame: bytes, env_id: bytes, recipients: int, what: str):
-    check(len(frame) == 28, f"{what}: accepted is 28 bytes, got {len(frame)}: {frame.hex()}")
+def check_accepted(frame: bytes, through: int, outcome: int, what: str):
+    """An accepted frame with one entry: every unanswered send up to
+    `through` had `outcome` (0 delivered, 1 recipient-offline, 3 duplicate)."""
     check(frame[0:4] == b"\x01\x02\x00\x00", f"{what}: accepted header, got {frame[0:4].hex()}")
-    check(frame[4:20] == env_id, f"{what}: accepted names the envelope id")
-    check(frame[20] == 0, f"{what}: outcome 0 (delivered), got {frame[20]}")
-    check(frame[21:24] == b"\x00\x00\x00", f"{what}: reserved bytes are zero")
-    (n,) = struct.unpack_from("<I", frame, 24)
-    check(n == recipients, f"{what}: {recipients} recipients, got {n}")
+    check(len(frame) == 16, f"{what}: one 12-byte entry, got {len(frame)} bytes: {frame.hex()}")
+    (t,) = struct.unpack_from("<Q", frame, 4)
+    check(t == through, f"{what}: entry through send {through}, got {t}")
+    check(frame[12] == outcome, f"{what}: outcome {outcome}, got {frame[12]}")
+    check(frame[13:16] == b"\x00\x00\x00", f"{what}: reserved bytes are zero")
 
 
 async def recv_frame(ws, what: str) -> bytes:
@@ -110,7 +124,8 @@ async def recv_frame(ws, what: str) -> bytes:
 async def expect_delivery(ws, env: bytes, what: str):
     frame = await recv_frame(ws, what)
     check(frame == deliver_frame(env), f"{what}: deliver frame is 01 03 00 00 + the envelope bytes")
-    await ws.send(ack_frame(envelope_id(env)))
+    DELIVERED[id(ws)] = DELIVERED.get(id(ws), 0) + 1
+    await ws.send(ack_frame(DELIVERED[id(ws)]))
 
 
 async def expect_refused(url: str, status: int, code: int, what: str, **kwargs):
@@ -163,8 +178,8 @@ async def main(spec: dict):
 
     # 1:1 to both devices, byte for byte; both acknowledge.
     env = to_bob[0]
-    await a.send(send_frame(env))
-    check_accepted(await recv_frame(a, "accepted"), envelope_id(env), 2, "alice -> bob")
+    seq = await send(a, env)
+    check_accepted(await recv_frame(a, "accepted"), seq, 0, "alice -> bob")
     await expect_delivery(b1, env, "bob device 1")
     await expect_delivery(b2, env, "bob device 2")
 
@@ -179,19 +194,21 @@ async def main(spec: dict):
         await ws.send(join_frame(rid, "interop"))
         done = await recv_frame(ws, "done")
         check(done == b"\x01\x08\x00\x00" + struct.pack("<I", rid), f"done for request {rid}, got {done.hex()}")
-    await a.send(send_frame(to_room))
-    check_accepted(await recv_frame(a, "accepted"), envelope_id(to_room), 1, "alice -> room:interop")
+    seq = await send(a, to_room)
+    check_accepted(await recv_frame(a, "accepted"), seq, 0, "alice -> room:interop")
     await expect_delivery(b1, to_room, "bob in the room")
 
     # A spoofed sender: error sender-mismatch (204) naming the envelope.
-    await a.send(send_frame(spoofed))
+    spoofed_seq = await send(a, spoofed)
     err = await recv_frame(a, "error")
-    check(err[0:4] == b"\x01\x05\x01\x00", f"error header with the envelope-id flag, got {err[0:4].hex()}")
+    check(err[0:4] == b"\x01\x05\x05\x00", f"error header with envelope-id and sequence flags, got {err[0:4].hex()}")
     (code,) = struct.unpack_from("<H", err, 4)
     check(code == 204, f"sender-mismatch is 204, got {code}")
     check(err[6:12] == b"\x00" * 6, "reserved bytes and request id are zero")
-    check(err[12:28] == envelope_id(spoofed), "the error names the spoofed envelope")
-    err[28:].decode("utf-8")
+    (err_seq,) = struct.unpack_from("<Q", err, 12)
+    check(err_seq == spoofed_seq, f"the error names send {spoofed_seq}, got {err_seq}")
+    check(err[20:36] == envelope_id(spoofed), "the error names the spoofed envelope")
+    err[36:].decode("utf-8")
 
     # A text message closes that connection with 1003; the others go on.
     await b2.send("text is not the protocol")
@@ -210,10 +227,18 @@ async def main(spec: dict):
     )
 
     # Still serving: the second envelope reaches bob's remaining device.
+    # A no-answer send gets nothing back; the next answered send's entry
+    # covers both sequence numbers (the refused spoofed send was answered
+    # by its error, so the entry after it skips it too).
     env = to_bob[1]
-    await a.send(send_frame(env))
-    check_accepted(await recv_frame(a, "accepted"), envelope_id(env), 1, "alice -> bob after the errors")
+    await send(a, to_bob[2], no_answer=True)
+    await expect_delivery(b1, to_bob[2], "bob device 1 (no-answer send)")
+    seq = await send(a, env)
+    check_accepted(await recv_frame(a, "accepted"), seq, 0, "alice -> bob after the errors")
     await expect_delivery(b1, env, "bob device 1")
+    # The same envelope again: duplicate, not delivered again.
+    seq = await send(a, env)
+    check_accepted(await recv_frame(a, "accepted"), seq, 3, "alice -> bob, repeated")
 
     for ws in (a, b1):
         await ws.close()

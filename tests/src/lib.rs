@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use switchboard::shard::presence::Owners;
-use switchboard_protocol::{Destination, EnvelopeBuilder, EnvelopeFlags, EnvelopeId, Frame, Limits, UserId};
+use switchboard_protocol::{Destination, EnvelopeBuilder, EnvelopeFlags, EnvelopeId, Frame, Limits, Outcome, UserId};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
@@ -518,23 +518,47 @@ pub fn deliver_frame(envelope: &[u8]) -> Vec<u8> {
     [&[1, 3, 0, 0][..], envelope].concat()
 }
 
-/// `01 04 00 00` + id.
-pub fn ack_frame(id: EnvelopeId) -> Vec<u8> {
-    Frame::DeliveryAck { id }.to_vec()
+/// `01 04 00 00` + `through`: acknowledges deliveries 1..=through.
+pub fn ack_frame(through: u64) -> Vec<u8> {
+    Frame::DeliveryAck { through }.to_vec()
 }
 
-/// An `accepted` frame's fields.
-pub fn parse_accepted(frame: &[u8]) -> (EnvelopeId, switchboard_protocol::Outcome, u32) {
+/// An `accepted` frame's entries: (through, outcome).
+pub fn parse_accepted(frame: &[u8]) -> Vec<(u64, Outcome)> {
     match Frame::decode(frame, &Limits::default()) {
-        Ok(Frame::Accepted { id, outcome, recipients }) => (id, outcome, recipients),
+        Ok(Frame::Accepted(c)) => c.iter().map(|c| (c.through, c.outcome)).collect(),
         other => panic!("expected accepted, got {other:?} ({frame:02x?})"),
     }
 }
 
+/// The outcomes of sends `first..=last` (all asking for an answer, none
+/// refused), read from the `accepted` frames `next` returns: one entry may
+/// answer many sends, and one frame hold many entries.
+pub fn read_outcomes(first: u64, last: u64, mut next: impl FnMut() -> Vec<u8>) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    let mut answered = first - 1;
+    while answered < last {
+        for (through, outcome) in parse_accepted(&next()) {
+            assert!(through > answered, "entry through {through} after {answered}");
+            assert!(through <= last, "entry through {through} answers sends never made (last {last})");
+            outcomes.extend((answered..through).map(|_| outcome));
+            answered = through;
+        }
+    }
+    outcomes
+}
+
 /// An `error` frame's fields: code, envelope id, request id, reason.
 pub fn parse_error(frame: &[u8]) -> (u16, Option<EnvelopeId>, Option<u32>, String) {
+    let (code, id, request, _, reason) = parse_error_sequence(frame);
+    (code, id, request, reason)
+}
+
+/// An `error` frame's fields with the send sequence it answers: code,
+/// envelope id, request id, sequence, reason.
+pub fn parse_error_sequence(frame: &[u8]) -> (u16, Option<EnvelopeId>, Option<u32>, Option<u64>, String) {
     match Frame::decode(frame, &Limits::default()) {
-        Ok(Frame::Error(e)) => (e.code, e.envelope_id, e.request_id, e.reason.to_owned()),
+        Ok(Frame::Error(e)) => (e.code, e.envelope_id, e.request_id, e.sequence, e.reason.to_owned()),
         other => panic!("expected error, got {other:?} ({frame:02x?})"),
     }
 }
@@ -666,10 +690,14 @@ impl Ws {
         self.frame()
     }
 
-    /// Sends an envelope and returns its `accepted` fields; panics on an
-    /// error frame.
-    pub fn send_envelope(&mut self, envelope: &[u8]) -> (EnvelopeId, switchboard_protocol::Outcome, u32) {
-        parse_accepted(&self.request(&send_frame(envelope)))
+    /// Sends an envelope and returns its id and outcome, from an
+    /// `accepted` frame with one entry (this client waits for each answer,
+    /// so every answer is one entry); panics on an error frame.
+    pub fn send_envelope(&mut self, envelope: &[u8]) -> (EnvelopeId, Outcome) {
+        match parse_accepted(&self.request(&send_frame(envelope)))[..] {
+            [(_, outcome)] => (envelope_id(envelope), outcome),
+            ref other => panic!("expected one accepted entry, got {other:?}"),
+        }
     }
 }
 

@@ -22,10 +22,14 @@ fn recv(c: &mut Client) -> Vec<u8> {
     c.recv().expect("receive a frame").expect("connection still open")
 }
 
-/// Sends an envelope and returns the `accepted` answer.
-fn send_env(c: &mut Client, env: &[u8]) -> (EnvelopeId, Outcome, u32) {
-    c.send(&Frame::Send { envelope: env }).expect("send");
-    parse_accepted(&recv(c))
+/// Sends an envelope, waits for its answer and returns its id and outcome
+/// (the answer is one `accepted` entry through this send's sequence).
+fn send_env(c: &mut Client, env: &[u8]) -> (EnvelopeId, Outcome) {
+    c.send(&Frame::Send { no_answer: false, envelope: env }).expect("send");
+    match parse_accepted(&recv(c))[..] {
+        [(through, outcome)] if through == c.sends() => (envelope_id(env), outcome),
+        ref other => panic!("expected one entry through send {}, got {other:?}", c.sends()),
+    }
 }
 
 /// Receives a delivery, checks it is exactly `env` behind `01 03 00 00`,
@@ -33,7 +37,7 @@ fn send_env(c: &mut Client, env: &[u8]) -> (EnvelopeId, Outcome, u32) {
 fn expect_delivery(c: &mut Client, env: &[u8], who: &str) {
     let got = recv(c);
     assert_eq!(got, deliver_frame(env), "{who} did not receive the bytes sent");
-    c.send(&Frame::DeliveryAck { id: envelope_id(env) }).expect("ack");
+    c.ack().expect("ack");
 }
 
 fn join(c: &mut Client, request_id: u32, room: &str) {
@@ -69,17 +73,17 @@ fn one_to_one_delivers_the_exact_bytes_across_shards() {
 
     for len in [0, 1, 1000, 60_000] {
         let env = envelope(&alice, &user(&bob), &payload(len, len));
-        assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::Delivered, 1), "payload of {len} bytes");
+        assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::Delivered), "payload of {len} bytes");
         expect_delivery(&mut b, &env, &bob);
     }
     // And back, bob's shard to alice's.
     let env = envelope(&bob, &user(&alice), b"reply");
-    assert_eq!(send_env(&mut b, &env), (envelope_id(&env), Outcome::Delivered, 1));
+    assert_eq!(send_env(&mut b, &env), (envelope_id(&env), Outcome::Delivered));
     expect_delivery(&mut a, &env, &alice);
 
     // Nobody online: accepted, dropped, zero recipients.
     let env = envelope(&alice, "user:nobody-home", b"x");
-    assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::RecipientOffline, 0));
+    assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::RecipientOffline));
 
     // Presence and ping.
     a.send(&Frame::PresenceQuery { request_id: 41, user: UserId::parse(&bob).unwrap() }).unwrap();
@@ -105,7 +109,7 @@ fn every_device_of_a_user_receives() {
     s.wait_connections(&alice, 2);
 
     let env = envelope(&alice, &user(&bob), b"to every device");
-    assert_eq!(send_env(&mut a1, &env), (envelope_id(&env), Outcome::Delivered, 3));
+    assert_eq!(send_env(&mut a1, &env), (envelope_id(&env), Outcome::Delivered));
     for (i, b) in bs.iter_mut().enumerate() {
         expect_delivery(b, &env, &format!("{bob} device {i}"));
     }
@@ -120,14 +124,14 @@ fn every_device_of_a_user_receives() {
     // To oneself: the other device receives, the sending one does not
     // (and a2's first frame shows it did not get bob's envelope either).
     let env = envelope(&alice, &user(&alice), b"note to self");
-    assert_eq!(send_env(&mut a1, &env), (envelope_id(&env), Outcome::Delivered, 1));
+    assert_eq!(send_env(&mut a1, &env), (envelope_id(&env), Outcome::Delivered));
     expect_delivery(&mut a2, &env, "alice's other device");
     // echo-to-sender: the sending connection receives too.
     let env = envelope_flags(&alice, &user(&alice), b"echo", EnvelopeFlags::ECHO_TO_SENDER);
-    a1.send(&Frame::Send { envelope: &env }).unwrap();
+    a1.send(&Frame::Send { no_answer: false, envelope: &env }).unwrap();
     let mut frames = [recv(&mut a1), recv(&mut a1)];
     frames.sort(); // deliver (type 3) and accepted (type 2), in either order
-    assert_eq!(parse_accepted(&frames[0]), (envelope_id(&env), Outcome::Delivered, 2));
+    assert_eq!(parse_accepted(&frames[0]), [(a1.sends(), Outcome::Delivered)]);
     assert_eq!(frames[1], deliver_frame(&env));
     expect_delivery(&mut a2, &env, "alice's other device");
 
@@ -135,7 +139,7 @@ fn every_device_of_a_user_receives() {
     bs.pop().unwrap().close();
     s.wait_connections(&bob, 2);
     let env = envelope(&alice, &user(&bob), b"two left");
-    assert_eq!(send_env(&mut a1, &env), (envelope_id(&env), Outcome::Delivered, 2));
+    assert_eq!(send_env(&mut a1, &env), (envelope_id(&env), Outcome::Delivered));
     for b in &mut bs {
         expect_delivery(b, &env, &bob);
     }
@@ -155,23 +159,23 @@ fn rooms_fan_out_across_shards() {
     join(&mut c, 4, "lobby"); // joining twice is harmless
 
     let env = envelope(&alice, "room:lobby", &payload(7, 3000));
-    assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::Delivered, 2));
+    assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::Delivered));
     expect_delivery(&mut b, &env, &bob);
     expect_delivery(&mut c, &env, &carol);
 
     // A non-member may send to the room; every member receives.
     let env = envelope(&dave, "room:lobby", b"from outside");
-    assert_eq!(send_env(&mut d, &env), (envelope_id(&env), Outcome::Delivered, 3));
+    assert_eq!(send_env(&mut d, &env), (envelope_id(&env), Outcome::Delivered));
     for (cl, who) in [(&mut a, &alice), (&mut b, &bob), (&mut c, &carol)] {
         expect_delivery(cl, &env, who);
     }
 
     // echo-to-sender: the sending connection gets its own envelope.
     let env = envelope_flags(&alice, "room:lobby", b"echo", EnvelopeFlags::ECHO_TO_SENDER);
-    a.send(&Frame::Send { envelope: &env }).unwrap();
+    a.send(&Frame::Send { no_answer: false, envelope: &env }).unwrap();
     let mut frames = [recv(&mut a), recv(&mut a)];
     frames.sort();
-    assert_eq!(parse_accepted(&frames[0]), (envelope_id(&env), Outcome::Delivered, 3));
+    assert_eq!(parse_accepted(&frames[0]), [(a.sends(), Outcome::Delivered)]);
     assert_eq!(frames[1], deliver_frame(&env));
     expect_delivery(&mut b, &env, &bob);
     expect_delivery(&mut c, &env, &carol);
@@ -184,7 +188,7 @@ fn rooms_fan_out_across_shards() {
     assert_eq!((code, id, request), (ErrorCode::NotAMember.code(), None, Some(10)));
 
     let env = envelope(&alice, "room:lobby", b"after bob left");
-    assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::Delivered, 1));
+    assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::Delivered));
     expect_delivery(&mut c, &env, &carol);
     // Bob's next frame is a direct message, not the room envelope.
     let direct = envelope(&alice, &user(&bob), b"direct");
@@ -212,12 +216,12 @@ fn cross_shard_connections_are_handed_to_the_owner_shard() {
         assert!(p["connections"].as_array().unwrap().iter().all(|c| c["shard"] == shard), "{p}");
     }
     let env = envelope(&alice, &user(&bob), &payload(1, 500));
-    assert_eq!(send_env(&mut alices[3], &env), (envelope_id(&env), Outcome::Delivered, N as u32));
+    assert_eq!(send_env(&mut alices[3], &env), (envelope_id(&env), Outcome::Delivered));
     for b in &mut bobs {
         expect_delivery(b, &env, &bob);
     }
     let env = envelope(&bob, &user(&alice), &payload(2, 500));
-    assert_eq!(send_env(&mut bobs[5], &env), (envelope_id(&env), Outcome::Delivered, N as u32));
+    assert_eq!(send_env(&mut bobs[5], &env), (envelope_id(&env), Outcome::Delivered));
     for a in &mut alices {
         expect_delivery(a, &env, &alice);
     }
@@ -243,24 +247,23 @@ fn order_is_kept_under_load() {
         for (i, env) in expected.iter().enumerate() {
             let got = recv(&mut b);
             assert!(got == deliver_frame(env), "delivery {i} is not envelope {i}");
-            b.send(&Frame::DeliveryAck { id: envelope_id(env) }).expect("ack");
+            b.ack().expect("ack");
         }
         b
     });
     let start = Instant::now();
     for env in &envs {
-        a.send(&Frame::Send { envelope: env }).expect("send");
+        a.send(&Frame::Send { no_answer: false, envelope: env }).expect("send");
     }
-    let mut accepted = HashSet::new();
-    for _ in 0..N {
-        let (id, outcome, n) = parse_accepted(&recv(&mut a));
-        assert_eq!((outcome, n), (Outcome::Delivered, 1), "{id}");
-        assert!(accepted.insert(id), "{id} answered twice");
-    }
+    // Pipelined: answered in batches, every send exactly once, in order.
+    let mut frames = 0;
+    let outcomes = read_outcomes(1, N as u64, || {
+        frames += 1;
+        recv(&mut a)
+    });
+    assert_eq!(outcomes, vec![Outcome::Delivered; N]);
     let _b = receiver.join().expect("receiver got every envelope, in order");
-    let want: HashSet<EnvelopeId> = envs.iter().map(|e| envelope_id(e)).collect();
-    assert_eq!(accepted, want);
-    eprintln!("{N} envelopes in {:?}", start.elapsed());
+    eprintln!("{N} envelopes in {:?}, answered in {frames} accepted frames", start.elapsed());
 }
 
 #[test]
@@ -281,7 +284,7 @@ fn slow_consumer_is_disconnected_and_others_are_not_slowed() {
     let mut delivered_to_sloth = 0;
     for i in 0..N {
         let env = envelope(&alice, &user(&sloth), &payload(i, 200));
-        let (id, outcome, _) = send_env(&mut a, &env);
+        let (id, outcome) = send_env(&mut a, &env);
         assert_eq!(id, envelope_id(&env));
         if outcome == Outcome::Delivered {
             delivered_to_sloth += 1;
@@ -289,7 +292,7 @@ fn slow_consumer_is_disconnected_and_others_are_not_slowed() {
         to_sloth.push(env);
         // Bob, on the same shard as the sloth, gets everything at once.
         let env = envelope(&alice, &user(&bob), &payload(i, 200));
-        assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::Delivered, 1));
+        assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::Delivered));
         expect_delivery(&mut b, &env, &bob);
     }
     assert!((1..=32).contains(&delivered_to_sloth), "{delivered_to_sloth} delivered past a 32-frame bound");
@@ -324,9 +327,7 @@ fn graceful_shutdown_flushes_and_closes_with_1001() {
     for env in &envs {
         a.send(&send_frame(env));
     }
-    for env in &envs {
-        assert_eq!(parse_accepted(&a.frame()), (envelope_id(env), Outcome::Delivered, 1));
-    }
+    assert_eq!(read_outcomes(1, envs.len() as u64, || a.frame()), vec![Outcome::Delivered; envs.len()]);
     let start = Instant::now();
     let status = s.terminate(grace + Duration::from_secs(2)).expect("server exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
@@ -366,7 +367,7 @@ impl Fixture {
 
     fn still_serving(&mut self, case: &str) {
         let env = envelope(&self.alice, &user(&self.bob), case.as_bytes());
-        assert_eq!(send_env(&mut self.a, &env), (envelope_id(&env), Outcome::Delivered, 1), "after {case}");
+        assert_eq!(send_env(&mut self.a, &env), (envelope_id(&env), Outcome::Delivered), "after {case}");
         expect_delivery(&mut self.b, &env, &format!("bob, after {case}"));
     }
 
@@ -375,19 +376,25 @@ impl Fixture {
     fn mallory(&mut self) -> (Ws, Vec<u8>) {
         let mut m = self.s.ws(&self.mallory);
         let env = envelope(&self.mallory, &user(&self.bob), b"accepted before the bad input");
-        assert_eq!(m.send_envelope(&env), (envelope_id(&env), Outcome::Delivered, 1));
+        assert_eq!(m.send_envelope(&env), (envelope_id(&env), Outcome::Delivered));
         (m, env)
     }
 
-    /// Runs a bad input that must close the connection with `code`; then
-    /// checks that mallory's earlier envelope reached bob and that the
-    /// server still serves alice and bob.
+    /// Runs a bad input that must close the connection with `code`, after
+    /// the `error` frame for it (when the input was a protocol frame: a
+    /// WebSocket-level violation gets only the close); then checks that
+    /// mallory's earlier envelope reached bob and that the server still
+    /// serves alice and bob.
     fn closes(&mut self, case: &str, code: u16, bad: impl FnOnce(&mut Ws)) {
         let (mut m, env) = self.mallory();
         bad(&mut m);
-        match m.read() {
-            WsEvent::Close(got, _) => assert_eq!(got, code, "{case}: close code"),
-            other => panic!("{case}: expected close {code}, got {other:?}"),
+        let (got, frames) = m.close_code();
+        assert_eq!(got, code, "{case}: close code");
+        assert!(frames.len() <= 1, "{case}: at most the error frame before the close: {frames:02x?}");
+        for f in frames {
+            let (error, ..) = parse_error(&f);
+            let error = ErrorCode::from_code(error).expect("a known code");
+            assert_eq!(error.close_code(), code, "{case}: the error frame names the close's reason");
         }
         expect_delivery(&mut self.b, &env, &format!("bob (mallory's envelope before {case})"));
         self.still_serving(case);
@@ -496,6 +503,9 @@ fn malformed_protocol_frames_close_the_connection() {
     });
 }
 
+/// Marks a case whose error names the id found in the frame's header.
+const PATCHED: EnvelopeId = EnvelopeId([0xff; 16]);
+
 /// Offset of the `RoutingHeader` struct in an envelope, found the way the
 /// FlatBuffers layout in docs/protocol.md describes.
 fn header_at(env: &[u8]) -> usize {
@@ -538,12 +548,7 @@ fn bad_frames_and_envelopes_get_an_error_frame_and_the_connection_stays() {
         .unwrap()
     };
     let spoofed = envelope(&fx.alice, &to_bob, b"I am alice, honest");
-    let accepted_from_client = {
-        let mut f = hex("01 02 00 00");
-        f.extend_from_slice(envelope_id(&first).as_bytes());
-        f.extend(hex("00 00 00 00 01 00 00 00"));
-        f
-    };
+    let accepted_from_client = hex("01 02 00 00 01 00 00 00 00 00 00 00 00 00 00 00");
 
     // (case, frame, code, envelope id the error must name)
     let cases: Vec<(&str, Vec<u8>, ErrorCode, Option<EnvelopeId>)> = vec![
@@ -568,33 +573,65 @@ fn bad_frames_and_envelopes_get_an_error_frame_and_the_connection_stays() {
         ),
         ("truncated envelope", send_frame(&truncated), ErrorCode::InvalidEnvelope, None),
         ("nil envelope id", send_frame(&patched(0, &[0; 16])), ErrorCode::InvalidEnvelope, None),
-        ("reserved flag bit", send_frame(&patched(28, &[0x10, 0])), ErrorCode::InvalidEnvelope, None),
-        ("unknown destination kind", send_frame(&patched(31, &[7])), ErrorCode::InvalidDestination, None),
+        ("reserved flag bit", send_frame(&patched(28, &[0x10, 0])), ErrorCode::InvalidEnvelope, Some(PATCHED)),
+        ("unknown destination kind", send_frame(&patched(31, &[7])), ErrorCode::InvalidDestination, Some(PATCHED)),
+        (
+            "persist-if-offline (no mailboxes yet)",
+            send_frame(&envelope_flags(&mallory, &to_bob, b"keep", EnvelopeFlags::PERSIST_IF_OFFLINE)),
+            ErrorCode::UnsupportedFeature,
+            Some(PATCHED),
+        ),
         ("expired envelope", send_frame(&expired), ErrorCode::EnvelopeExpired, Some(envelope_id(&expired))),
         ("spoofed sender", send_frame(&spoofed), ErrorCode::SenderMismatch, Some(envelope_id(&spoofed))),
     ];
+    // Mallory's send sequence: every frame of type 0x01 takes the next.
+    let mut sequence = 1;
     for (case, frame, code, id) in cases {
+        let is_send = frame.get(1) == Some(&1);
+        sequence += u64::from(is_send);
         let answer = m.request(&frame);
-        let (got, got_id, request, reason) = parse_error(&answer);
+        let (got, got_id, request, got_sequence, reason) = parse_error_sequence(&answer);
         assert_eq!(got, code.code(), "{case}: {reason}");
-        assert_eq!(request, None, "{case}");
-        if let Some(id) = id {
-            assert_eq!(got_id, Some(id), "{case}: the error names the envelope");
-            assert_eq!(answer[2], 0x01, "{case}: envelope-id flag");
+        // A request's error names its request id, even when its name is bad.
+        assert_eq!(request, case.starts_with("join-room").then_some(7), "{case}");
+        assert_eq!(got_sequence, is_send.then_some(sequence), "{case}: the error names the send's sequence");
+        match id {
+            // The id of an envelope patched after it was built: whatever it
+            // is, the error names it (the header was readable).
+            Some(PATCHED) => {
+                let h = header_at(&frame[4..]);
+                assert_eq!(got_id.map(|i| i.0.to_vec()), Some(frame[4 + h..4 + h + 16].to_vec()), "{case}");
+            }
+            Some(id) => assert_eq!(got_id, Some(id), "{case}: the error names the envelope"),
+            None => assert_eq!(got_id, None, "{case}"),
+        }
+        if got_id.is_some() {
+            assert_eq!(answer[2] & 0x01, 0x01, "{case}: envelope-id flag");
         }
         // The same connection still works, and bob's next delivery is this
         // valid envelope: nothing refused was delivered.
         let env = valid();
-        assert_eq!(m.send_envelope(&env), (envelope_id(&env), Outcome::Delivered, 1), "after {case}");
+        assert_eq!(m.send_envelope(&env), (envelope_id(&env), Outcome::Delivered), "after {case}");
+        sequence += 1;
         expect_delivery(&mut fx.b, &env, &format!("bob, after {case}"));
         fx.still_serving(case);
     }
 
-    // The spoofed-sender error, byte for byte as docs/protocol.md shows it.
+    // The spoofed-sender error, byte for byte as docs/protocol.md shows it:
+    // flags 0x05 (envelope id and sequence), the sequence, the id.
     let answer = m.request(&send_frame(&spoofed));
-    assert_eq!(answer[..6], hex("01 05 01 00 cc 00"));
+    sequence += 1;
+    assert_eq!(answer[..6], hex("01 05 05 00 cc 00"));
     assert_eq!(answer[6..12], [0; 6]);
-    assert_eq!(answer[12..28], *envelope_id(&spoofed).as_bytes());
+    assert_eq!(answer[12..20], sequence.to_le_bytes());
+    assert_eq!(answer[20..36], *envelope_id(&spoofed).as_bytes());
+
+    // A repeat of an accepted envelope (same sender, same id) is answered
+    // `duplicate` and not delivered again; a refused one was not remembered.
+    let env = valid();
+    assert_eq!(m.send_envelope(&env), (envelope_id(&env), Outcome::Delivered));
+    expect_delivery(&mut fx.b, &env, "bob, before the repeat");
+    assert_eq!(m.send_envelope(&env), (envelope_id(&env), Outcome::Duplicate));
 
     // Room limit: two rooms allowed, the third is refused with the request id.
     for (request_id, room) in [(1u32, "r1"), (2, "r2"), (2, "r2")] {
@@ -613,7 +650,7 @@ fn bad_frames_and_envelopes_get_an_error_frame_and_the_connection_stays() {
     fx.b.send(&Frame::JoinRoom { request_id: 5, room: RoomName::parse("r2").unwrap() }).unwrap();
     assert_eq!(recv(&mut fx.b), hex("01 08 00 00 05 00 00 00"));
     let env = envelope(&mallory, "room:r2", b"to r2");
-    assert_eq!(m.send_envelope(&env), (envelope_id(&env), Outcome::Delivered, 1));
+    assert_eq!(m.send_envelope(&env), (envelope_id(&env), Outcome::Delivered));
     expect_delivery(&mut fx.b, &env, "bob in r2");
     fx.still_serving("room limit");
 }
@@ -803,8 +840,7 @@ fn requests_split_across_reads_are_reassembled() {
     let mut bytes = masked_frame(0x82, &send_frame(&env1));
     bytes.extend(masked_frame(0x82, &send_frame(&env2)));
     trickle(m.stream(), &bytes);
-    assert_eq!(parse_accepted(&m.frame()), (envelope_id(&env1), Outcome::Delivered, 1));
-    assert_eq!(parse_accepted(&m.frame()), (envelope_id(&env2), Outcome::Delivered, 1));
+    assert_eq!(read_outcomes(1, 2, || m.frame()), [Outcome::Delivered; 2]);
     expect_delivery(&mut fx.b, &env1, "bob");
     expect_delivery(&mut fx.b, &env2, "bob");
 

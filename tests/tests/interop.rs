@@ -47,6 +47,7 @@ fn python_websockets_client_interoperates() {
         "to_bob": [
             hex(&envelope(&alice, &to_bob, &(0..=255u8).collect::<Vec<_>>())),
             hex(&envelope(&alice, &to_bob, b"after the errors")),
+            hex(&envelope(&alice, &to_bob, b"no answer wanted")),
         ],
         "to_room": hex(&envelope(&alice, "room:interop", b"to the room")),
         "spoofed": hex(&envelope(&bob, &to_bob, b"not from bob")),

@@ -191,7 +191,7 @@ fn decode(bytes: &[u8], framed: bool) -> anyhow::Result<String> {
     let envelope_bytes = if framed {
         let limits = Limits::default().with_max_envelope_len(MAX_ENVELOPE_LEN_CEILING);
         match Frame::decode(bytes, &limits).context("invalid frame")? {
-            Frame::Send { envelope } | Frame::Deliver { envelope, .. } => envelope,
+            Frame::Send { envelope, .. } | Frame::Deliver { envelope, .. } => envelope,
             other => {
                 bail!("expected a {} or {} frame, got {}", FrameType::Send, FrameType::Deliver, other.frame_type())
             }

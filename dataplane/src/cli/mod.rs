@@ -212,16 +212,17 @@ fn send(args: &SendArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let bytes = envelope::encode(&from, &args.envelope, &mut std::io::stdin().lock(), SystemTime::now())?;
     let mut client = crate::client::Client::connect(&args.connect.url, &args.connect.token)?;
     client.set_timeout(Some(Duration::from_secs(args.connect.timeout)))?;
-    client.send(&Frame::Send { envelope: &bytes })?;
+    let id = switchboard_protocol::Envelope::parse(&bytes, client.limits()).map(|e| e.id()).ok();
+    // The connection's first send: sequence 1, answered by the first
+    // `accepted` entry (every entry covers it) or an `error`.
+    client.send(&Frame::Send { no_answer: false, envelope: &bytes })?;
     loop {
         let msg = client.recv()?.context("connection closed before the answer")?;
         match Frame::decode(&msg, client.limits())? {
-            Frame::Accepted { id, outcome, recipients } => {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::json!({"id": id.to_string(), "outcome": outcome.name(), "recipients": recipients})
-                )?;
+            Frame::Accepted(confirms) => {
+                let outcome = confirms.iter().next().map_or("delivered", |c| c.outcome.name());
+                let id = id.map(|i| i.to_string());
+                writeln!(out, "{}", serde_json::json!({"id": id, "outcome": outcome}))?;
                 client.close();
                 return Ok(());
             }
@@ -260,17 +261,17 @@ fn listen(args: &ListenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             Err(e) if args.idle_ok && e.to_string() == "timed out" => break,
             Err(e) => return Err(e),
         };
-        let (envelope, id) = match Frame::decode(&msg, client.limits())? {
+        let envelope = match Frame::decode(&msg, client.limits())? {
             Frame::Deliver { envelope, .. } => {
                 let env = Envelope::parse(envelope, client.limits()).context("server delivered an invalid envelope")?;
-                (envelope::envelope_json(&env)?, env.id())
+                envelope::envelope_json(&env)?
             }
             _ => continue,
         };
         writeln!(out, "{envelope}")?;
         out.flush()?;
-        client.send(&Frame::DeliveryAck { id })?;
         received += 1;
+        client.ack()?;
     }
     if args.leave {
         for (i, room) in args.rooms.iter().enumerate() {
@@ -283,11 +284,7 @@ fn listen(args: &ListenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     Frame::Done { request_id: r } if r == request_id => break,
                     Frame::Error(e) => anyhow::bail!("cannot leave {room}: {}", e.reason),
                     // Late deliveries: acknowledge, not printed (--count was reached).
-                    Frame::Deliver { envelope, .. } => {
-                        if let Ok(env) = Envelope::parse(envelope, client.limits()) {
-                            client.send(&Frame::DeliveryAck { id: env.id() })?;
-                        }
-                    }
+                    Frame::Deliver { .. } => client.ack()?,
                     _ => continue,
                 }
             }

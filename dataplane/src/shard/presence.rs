@@ -1,14 +1,15 @@
 //! A shard's partition of the presence table and of room membership.
 //!
 //! Pure data structures, owned by one shard and mutated only by it: which
-//! live connections each of its users has (all devices; every connection of
-//! a user lives on the user's owner shard), and the members of the rooms it
-//! owns (connections anywhere). No I/O, no locks.
+//! live connections each of its users has (all devices, as [`Member`]s of
+//! any transport on any shard: a WebSocket connection is handed to its
+//! user's owner shard, a QUIC one cannot be), and the members of the rooms
+//! it owns. No I/O, no locks.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
 
-use super::{ConnId, Member, ShardId};
+use super::ids::{ConnId, Member, ShardId};
 
 /// Seeded, stable hashing of names to owner shards.
 #[derive(Debug, Clone)]
@@ -46,13 +47,13 @@ impl Owners {
 /// Live connections of the users this shard owns.
 #[derive(Debug, Default)]
 pub struct Presence {
-    users: HashMap<Box<str>, Vec<ConnId>, foldhash::fast::RandomState>,
+    users: HashMap<Box<str>, Vec<Member>, foldhash::fast::RandomState>,
     connections: usize,
 }
 
 impl Presence {
     /// Registers a connection of `user`.
-    pub fn add(&mut self, user: &str, conn: ConnId) {
+    pub fn add(&mut self, user: &str, conn: Member) {
         match self.users.get_mut(user) {
             Some(v) => v.push(conn),
             None => {
@@ -63,7 +64,7 @@ impl Presence {
     }
 
     /// Removes a connection; returns false if it was not registered.
-    pub fn remove(&mut self, user: &str, conn: ConnId) -> bool {
+    pub fn remove(&mut self, user: &str, conn: Member) -> bool {
         let Some(v) = self.users.get_mut(user) else {
             return false;
         };
@@ -79,7 +80,7 @@ impl Presence {
     }
 
     /// The user's live connections (empty if offline).
-    pub fn connections(&self, user: &str) -> &[ConnId] {
+    pub fn connections(&self, user: &str) -> &[Member] {
         self.users.get(user).map_or(&[], Vec::as_slice)
     }
 
@@ -150,13 +151,8 @@ impl Rooms {
     }
 }
 
-/// Groups members by shard, preserving their order within each shard;
-/// `out` is reused between calls.
-pub fn group_by_shard<K: Copy + Eq + Hash>(
-    members: &[Member],
-    out: &mut Vec<(ShardId, Vec<ConnId>)>,
-    _key: std::marker::PhantomData<K>,
-) {
+/// Groups members by shard, preserving their order within each shard.
+pub fn group_by_shard<'a>(members: impl IntoIterator<Item = &'a Member>, out: &mut Vec<(ShardId, Vec<ConnId>)>) {
     out.clear();
     for m in members {
         match out.iter_mut().find(|(s, _)| *s == m.shard) {
@@ -174,19 +170,23 @@ mod tests {
         ConnId { slot, generation: 1 }
     }
 
+    fn local(slot: u32) -> Member {
+        Member { shard: ShardId(0), conn: conn(slot) }
+    }
+
     #[test]
     fn presence_tracks_every_device() {
         let mut p = Presence::default();
-        p.add("bob", conn(1));
-        p.add("bob", conn(2));
-        p.add("carol", conn(3));
-        assert_eq!(p.connections("bob"), [conn(1), conn(2)]);
+        p.add("bob", local(1));
+        p.add("bob", local(2));
+        p.add("carol", local(3));
+        assert_eq!(p.connections("bob"), [local(1), local(2)]);
         assert_eq!((p.users(), p.len()), (2, 3));
-        assert!(p.remove("bob", conn(1)));
-        assert!(!p.remove("bob", conn(1)), "double remove");
-        assert!(!p.remove("nobody", conn(1)));
-        assert_eq!(p.connections("bob"), [conn(2)]);
-        assert!(p.remove("bob", conn(2)));
+        assert!(p.remove("bob", local(1)));
+        assert!(!p.remove("bob", local(1)), "double remove");
+        assert!(!p.remove("nobody", local(1)));
+        assert_eq!(p.connections("bob"), [local(2)]);
+        assert!(p.remove("bob", local(2)));
         assert_eq!(p.connections("bob"), []);
         assert_eq!(p.users(), 1);
     }
@@ -200,7 +200,7 @@ mod tests {
         assert!(r.join("lobby", m(1, 2)));
         assert!(r.join("lobby", m(0, 3)));
         let mut groups = Vec::new();
-        group_by_shard::<u8>(r.members("lobby"), &mut groups, std::marker::PhantomData);
+        group_by_shard(r.members("lobby"), &mut groups);
         assert_eq!(groups, [(ShardId(0), vec![conn(1), conn(3)]), (ShardId(1), vec![conn(2)])]);
         assert!(r.leave("lobby", m(0, 1)));
         assert!(!r.leave("lobby", m(0, 1)));
