@@ -894,3 +894,21 @@ fn silent_connections_are_pinged_then_closed_with_4502() {
     // connection is served.
     fx_still_serving(&fx.s, "idle timeout");
 }
+
+#[test]
+fn a_connection_receives_from_the_moment_its_upgrade_is_answered() {
+    // docs/protocol.md §10: the server registers a WebSocket connection on
+    // its owner shard before it writes the 101, so a send the server reads
+    // after the client saw the 101 finds it, also when the connection
+    // arrived on another shard and was handed over. No waiting here.
+    let s = Server::start();
+    let alice = s.user_on_shard("alice", 0);
+    let mut a = s.client(&alice);
+    for i in 0..300 {
+        let bob = format!("early-bird-{i}");
+        let mut b = s.client(&bob);
+        let env = envelope(&alice, &user(&bob), b"right after the 101");
+        assert_eq!(send_env(&mut a, &env), (envelope_id(&env), Outcome::Delivered), "try {i}");
+        expect_delivery(&mut b, &env, &bob);
+    }
+}
