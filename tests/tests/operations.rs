@@ -24,14 +24,27 @@ fn send_rate_limit_refuses_the_excess_and_recovers() {
         ids.push(switchboard_e2e::envelope_id(&env));
         alice.send(&send_frame(&env));
     }
-    for _ in 0..8 {
+    // Sends 1..=8: an error names its send; an `accepted` entry answers
+    // every send up to its `through` that has no answer yet.
+    let mut answered = 0u64;
+    let mut refused = std::collections::BTreeSet::new();
+    while (answered + 1..=8).any(|s| !refused.contains(&s)) {
         let frame = alice.frame();
         match Frame::decode(&frame, &Limits::default()).expect("valid frame") {
-            Frame::Accepted { .. } => accepted += 1,
+            Frame::Accepted(c) => {
+                for entry in c.iter() {
+                    accepted += (answered + 1..=entry.through).filter(|s| !refused.contains(s)).count();
+                    answered = entry.through;
+                }
+            }
             Frame::Error(e) => {
                 assert_eq!(e.error_code(), Some(ErrorCode::RateLimited));
                 assert!(ErrorCode::RateLimited.is_retryable());
+                let seq = e.sequence.expect("rate-limited error names the send");
+                assert!(seq > answered, "the error for send {seq} precedes the entry covering it");
+                refused.insert(seq);
                 limited.push(e.envelope_id.expect("rate-limited error names the envelope"));
+                assert_eq!(Some(&e.envelope_id.unwrap()), ids.get(seq as usize - 1), "sequence {seq} is that send");
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -42,7 +55,7 @@ fn send_rate_limit_refuses_the_excess_and_recovers() {
     // Tokens refill at 2/s: retrying, the send is accepted again.
     wait_for("a retry is accepted once tokens refill", || {
         let frame = alice.request(&send_frame(&envelope("alice", "user:bob", b"later")));
-        matches!(Frame::decode(&frame, &Limits::default()), Ok(Frame::Accepted { .. }))
+        matches!(Frame::decode(&frame, &Limits::default()), Ok(Frame::Accepted(_)))
     });
 }
 

@@ -1,78 +1,52 @@
-//! Admission: the state every shard reads ([`Shared`]), the global and
-//! per-address connection limits ([`ConnPermit`]), and the rate limit on
-//! logs about bad input ([`LogLimiter`]).
+//! Admission: the global and per-address connection limits
+//! ([`Admission`], [`ConnPermit`]) and the rate limit on logs about bad
+//! input ([`LogLimiter`]).
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchboard_protocol::ErrorCode;
-use switchboard_protocol::session::SessionConfig;
 
-use super::Msg;
-use super::mesh::Mesh;
-use super::presence::Owners;
-use crate::config::Config;
-use crate::metrics::ShardMetrics;
-
-/// State every shard can read: immutable after start, or atomics.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    /// The rules of every client session, from `config.limits`.
-    pub(crate) session: SessionConfig,
-    pub(crate) owners: Owners,
-    pub(crate) mesh: Arc<Mesh<Msg>>,
-    pub(crate) metrics: Vec<Arc<ShardMetrics>>,
-    pub(crate) verifier: crate::auth::Verifier,
-    /// TLS for the client port, when configured.
-    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
-    pub(crate) shutting_down: AtomicBool,
+/// The connection counts behind the global and per-address limits.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    max_connections: usize,
+    max_per_ip: usize,
     connections: AtomicUsize,
     /// Connections per peer address; touched only at connect and close.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
-impl Shared {
-    pub(crate) fn new(
-        config: Config,
-        verifier: crate::auth::Verifier,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        shards: usize,
-    ) -> Arc<Self> {
+impl Admission {
+    pub(crate) fn new(max_connections: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(Self {
-            tls,
-            session: config.limits.session(),
-            owners: Owners::new(shards, config.server.placement_seed),
-            mesh: Mesh::new(shards, config.limits.cross_shard_queue),
-            metrics: (0..shards).map(|_| Arc::new(ShardMetrics::default())).collect(),
-            verifier,
-            shutting_down: AtomicBool::new(false),
+            max_connections,
+            max_per_ip,
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
-            config,
         })
     }
 
     /// Admits a new connection from `ip` under the global and per-address
     /// limits; the permit releases both when dropped.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, ErrorCode> {
-        let limits = &self.config.limits;
-        if self.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(ErrorCode::ConnectionLimit);
         }
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let n = per_ip.entry(ip).or_insert(0);
-        if *n >= limits.max_connections_per_ip {
+        if *n >= self.max_per_ip {
             drop(per_ip);
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(ErrorCode::ConnectionLimit);
         }
         *n += 1;
-        Ok(ConnPermit { shared: self.clone(), ip })
+        Ok(ConnPermit { admission: self.clone(), ip })
     }
 
     /// Connections open now.
@@ -83,14 +57,14 @@ impl Shared {
 
 /// A counted connection slot; released on drop.
 pub(crate) struct ConnPermit {
-    shared: Arc<Shared>,
+    admission: Arc<Admission>,
     ip: IpAddr,
 }
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        self.admission.connections.fetch_sub(1, Ordering::AcqRel);
+        let mut per_ip = self.admission.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

@@ -16,7 +16,7 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 
-use super::ShardId;
+use super::ids::ShardId;
 
 /// Wakes a parked shard.
 #[derive(Default)]

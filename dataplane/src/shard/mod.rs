@@ -13,7 +13,8 @@
 //! The modules, by what they own:
 //! - [`ids`]: shard, connection and member ids, destination places;
 //! - [`msg`]: messages between shards and commands from outside;
-//! - [`admission`]: state every shard reads, connection limits, log limits;
+//! - [`shared`]: the state every shard reads (config, placement, mesh);
+//! - [`admission`]: connection limits, log limits;
 //! - [`conn`]: one connection's state (its [`Session`], queue, closing);
 //! - this module: the shard's tables, connection lifecycle, timers;
 //! - [`ingress`]: what the shard does with a connection's frames (runs the
@@ -35,6 +36,7 @@ pub mod mesh;
 pub(crate) mod msg;
 pub mod presence;
 pub(crate) mod routing;
+pub(crate) mod shared;
 pub(crate) mod write;
 pub(crate) mod ws_io;
 
@@ -48,11 +50,12 @@ use slab::Slab;
 use switchboard_protocol::ErrorCode;
 use switchboard_protocol::session::{Dedup, Session, Timeout};
 
-pub(crate) use admission::{LogLimiter, Shared};
+pub(crate) use admission::LogLimiter;
 use conn::{CLOSE_DEADLINE, Conn, shutdown_socket};
 pub use ids::{ConnId, Member, ShardId};
 pub(crate) use msg::{Command, ConnectionInfo, Msg};
 use presence::{Presence, Rooms};
+pub(crate) use shared::Shared;
 use write::Out;
 
 use crate::auth::Identity;
