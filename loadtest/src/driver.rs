@@ -5,7 +5,8 @@
 //!
 //! Hot path: messages are stamped in each sender's [`Template`] and encoded
 //! into the connection's write buffer, up to the in-flight window or
-//! everything that is due, then written with one `write`; reads fill a
+//! everything that is due, ended as one turn ([`Protocol::end_turn`]), then
+//! written with one `write`; reads fill a
 //! fixed buffer and are decoded in place. Nothing is allocated per message
 //! (the receive bit set and the histogram grow geometrically).
 
@@ -402,6 +403,7 @@ fn fill<P: Protocol>(slot: &mut Slot<P::Conn>, plan: &Plan, now: u64, stats: &mu
             });
         }
     }
+    P::end_turn(&conn.proto, &mut conn.wbuf, before);
     if conn.wbuf.len() > before
         && let Err(e) = flush(conn)
     {

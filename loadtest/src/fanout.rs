@@ -521,6 +521,7 @@ fn fill<P: Protocol>(s: &mut SenderSlot<P::Conn>, plan: &Plan, now: u64, fan: &F
             });
         }
     }
+    P::end_turn(&conn.proto, &mut conn.wbuf, before);
     if conn.wbuf.len() > before {
         // Receivers must know a sequence number before its message can
         // arrive.

@@ -344,6 +344,7 @@ fn fill<P: Protocol>(slot: &mut User<P::Conn>, me: usize, plan: &Plan, now: u64,
             }
         }
     }
+    P::end_turn(&slot.conn.proto, &mut slot.conn.wbuf, before);
     if slot.conn.wbuf.len() > before {
         // Published before the bytes leave, so no receiver sees a sequence
         // number beyond it.

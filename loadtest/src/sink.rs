@@ -114,6 +114,7 @@ impl WithProtocol for Bench {
         let conn = proto.offline_conn(0);
         let mut wire = Vec::new();
         P::encode_message(&conn, &mut wire, template.bytes());
+        P::end_turn(&conn, &mut wire, 0);
         let wire_bytes = wire.len();
         let epoch = Instant::now();
         let window = Window { start_ns: 0, end_ns: u64::MAX };
@@ -129,6 +130,7 @@ impl WithProtocol for Bench {
                 P::encode_message(&conn, &mut wbuf, template.stamp(seq, now));
                 n += 1;
             }
+            P::end_turn(&conn, &mut wbuf, 0);
             std::hint::black_box(&wbuf);
             wbuf.clear();
         }
@@ -159,6 +161,7 @@ impl WithProtocol for Bench {
                 P::encode_message(&conn, &mut wbuf, template.stamp(seq, now));
                 n += 1;
             }
+            P::end_turn(&conn, &mut wbuf, 0);
             out.write_all(&wbuf).context("writing to the sink")?;
             wbuf.clear();
         }
