@@ -81,7 +81,7 @@ pub fn run_connect(args: &ConnectArgs) -> anyhow::Result<ConnectReport> {
     let warmup = secs(args.warmup, "warmup", 600.0)?;
     crate::run::raise_fd_limit(2 * args.concurrency as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let layout = Template::new(0, 256, nonce, created_at_ms)?.layout();
+    let layout = Template::new(0, ep.target.body(), 256, nonce, created_at_ms)?.layout();
     let storm = Storm { args, ep: &ep, warmup, duration };
     let (connects, failures, latency, first_error, cpu_gen, cpu_srv, window) =
         with_protocol(&args.common, &ep, nonce, layout, Topology::Pairs, storm)??;

@@ -22,7 +22,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::accounting::{Arrival, PairCounts, PairLedger, Window};
-use crate::message::{Layout, Template};
+use crate::message::{Body, Layout, Template};
 use crate::target::{Inbound, Protocol, Role};
 
 /// How senders pace themselves.
@@ -117,8 +117,10 @@ pub struct Shared {
     pub plan: OnceLock<Plan>,
     /// Bound of each connection's handshake.
     pub connect_timeout: Duration,
-    /// Requested envelope size.
+    /// Payload bytes per message (`--size`).
     pub size: usize,
+    /// What the target's messages are around the payload.
+    pub body: Body,
     /// Distinguishes this run's envelope ids.
     pub nonce: u32,
     /// Envelopes' `created_at_ms`.
@@ -324,7 +326,7 @@ fn connect_all<P: Protocol>(proto: &P, pairs: Range<usize>, shared: &Shared) -> 
     let mut slots = Vec::with_capacity(pairs.len());
     let mut layout = None;
     for pair in pairs {
-        let template = Template::new(pair, shared.size, shared.nonce, shared.created_at_ms)?;
+        let template = Template::new(pair, shared.body, shared.size, shared.nonce, shared.created_at_ms)?;
         layout.get_or_insert(template.layout());
         let receiver = open(proto, pair, Role::Receiver, shared.connect_timeout)?;
         let sender = open(proto, pair, Role::Sender, shared.connect_timeout)?;

@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::accounting::{Arrival, FanoutCounts, PairCounts, PairLedger, ReceiverCounts, ReceiverLedger, Window};
 use crate::cpu;
 use crate::driver::{self, Conn, Mode, Plan, STALL_NS, Shared, WRITE_BACKLOG};
-use crate::message::{Layout, Template, room_name};
+use crate::message::{Body, Layout, Template, room_name};
 use crate::progress::Progress;
 use crate::run::{
     self, Endpoint, ErrorCount, Latency, ModeKind, Outcome, TargetArgs, TrafficArgs, WithProtocol, run_identity,
@@ -65,8 +65,11 @@ pub struct FanoutReport {
     pub mode: &'static str,
     /// Generator threads.
     pub threads: usize,
-    /// Bytes per message (the envelope).
+    /// Payload bytes per message (`--size`), for every target.
     pub message_bytes: usize,
+    /// Switchboard: bytes of the envelope around the payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envelope_bytes: Option<usize>,
     /// `max`: in flight.
     pub in_flight: Option<u64>,
     /// `rate`: requested messages/s sent.
@@ -125,7 +128,8 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     let (rate, warmup, duration, drain) = (t.rate, t.warmup, t.duration, t.drain);
     run::raise_fd_limit(args.receivers as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let template = Template::to_room(0, &room_name(nonce), t.size, nonce, created_at_ms)?;
+    let body = ep.target.body();
+    let template = Template::to_room(0, body, &room_name(nonce), t.size, nonce, created_at_ms)?;
     let layout = template.layout();
     let threads = t.threads.min(args.receivers);
     let shared = Shared {
@@ -135,6 +139,7 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         plan: OnceLock::new(),
         connect_timeout: ep.connect_timeout,
         size: t.size,
+        body,
         nonce,
         created_at_ms,
     };
@@ -156,7 +161,8 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
             ModeKind::Rate => "rate",
         },
         threads,
-        message_bytes: layout.len,
+        message_bytes: layout.payload_len,
+        envelope_bytes: (body == Body::Envelope).then_some(layout.len),
         in_flight: (t.mode == ModeKind::Max).then_some(t.window),
         rate: (t.mode == ModeKind::Rate).then_some(rate),
         duration_s: secs,
@@ -568,8 +574,14 @@ impl Outcome for FanoutReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "loadtest fanout: {} {} | 1 -> {} receivers, {} B, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
-            self.target, self.url, c.receivers, self.message_bytes, self.threads, self.duration_s, self.warmup_s
+            "loadtest fanout: {} {} | 1 -> {} receivers, {}, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
+            self.target,
+            self.url,
+            c.receivers,
+            run::payload_text(self.message_bytes, self.envelope_bytes),
+            self.threads,
+            self.duration_s,
+            self.warmup_s
         );
         let _ = writeln!(s, "  sent          {:>12}  {:>12.0}/s", c.sent, self.sent_per_s);
         let _ = writeln!(

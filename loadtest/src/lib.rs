@@ -23,7 +23,8 @@
 //!   lines;
 //! - [`progress`]: the progress bar (only on a terminal);
 //! - [`target`]: one module per protocol behind [`target::Protocol`];
-//! - [`message`]: the envelope every target carries, stamped in place;
+//! - [`message`]: the `--size` payload every target carries (in an envelope
+//!   for Switchboard), stamped in place;
 //! - [`accounting`]: pure per-pair counting (window, loss, duplicates,
 //!   reordering);
 //! - [`cpu`]: process CPU time from `/proc`.

@@ -30,7 +30,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::accounting::{Arrival, MeshLedger, PairCounts, PairLedger};
 use crate::driver::{Conn, Mode, Plan, STALL_NS, Shared, Stats, ThreadReport, WRITE_BACKLOG, flush, open, pump};
-use crate::message::{Layout, Template};
+use crate::message::{Body, Layout, Template};
 use crate::run::{
     MAX_RUN_PAIRS, Report, RunConfig, TargetArgs, TrafficArgs, WithProtocol, execute, raise_fd_limit, run_identity,
     with_protocol,
@@ -116,7 +116,8 @@ pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
     let cfg = RunConfig::new(&args.common, args.users, &args.traffic)?;
     raise_fd_limit(cfg.pairs as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let layout = Template::mesh(0, cfg.traffic.size, nonce, created_at_ms)?.layout();
+    let body = cfg.ep.target.body();
+    let layout = Template::mesh(0, body, cfg.traffic.size, nonce, created_at_ms)?.layout();
     let shared = Shared {
         epoch: Instant::now(),
         barrier: Barrier::new(cfg.traffic.threads.clamp(1, cfg.pairs) + 1),
@@ -124,6 +125,7 @@ pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
         plan: OnceLock::new(),
         connect_timeout: cfg.ep.connect_timeout,
         size: cfg.traffic.size,
+        body,
         nonce,
         created_at_ms,
     };
@@ -144,7 +146,7 @@ pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
         }
     }
     let mut report = with_protocol(&args.common, &cfg.ep, nonce, layout, Topology::Pairs, Mesh(&cfg, &shared, &mesh))??;
-    report.message_bytes = layout.len;
+    report.envelope_bytes = (body == Body::Envelope).then_some(layout.len);
     report.seed = Some(args.seed);
     Ok(report)
 }
@@ -271,7 +273,7 @@ fn connect_all<P: Protocol>(
     let mut slots = Vec::with_capacity(users.len());
     let mut layout = None;
     for user in users {
-        let template = Template::mesh(user, shared.size, shared.nonce, shared.created_at_ms)?;
+        let template = Template::mesh(user, shared.body, shared.size, shared.nonce, shared.created_at_ms)?;
         layout.get_or_insert(template.layout());
         let conn = open(proto, user, Role::Receiver, shared.connect_timeout)?;
         slots.push(User {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::accounting::{PairCounts, Window};
 use crate::driver::{self, Mode, Plan, Shared};
-use crate::message::{Layout, Template, room_name};
+use crate::message::{Body, Layout, Template, room_name};
 use crate::progress::Progress;
 use crate::target::mqtt::Mqtt;
 use crate::target::nats::Nats;
@@ -77,6 +77,14 @@ impl TargetKind {
             Self::Switchboard => "switchboard",
             Self::Mosquitto => "mosquitto",
             Self::Nats => "nats",
+        }
+    }
+
+    /// What this target's messages are around the `--size` payload.
+    pub fn body(self) -> Body {
+        match self {
+            Self::Switchboard => Body::Envelope,
+            Self::Mosquitto | Self::Nats => Body::Bare,
         }
     }
 
@@ -165,7 +173,9 @@ pub struct PairsArgs {
 /// shares.
 #[derive(Debug, Clone, Args)]
 pub struct TrafficArgs {
-    /// Message size in bytes: the envelope, which is also the MQTT/NATS payload.
+    /// Payload bytes per message, the same for every target: the MQTT/NATS
+    /// message payload, and the payload inside Switchboard's envelope (whose
+    /// header comes on top, like the MQTT/NATS framing).
     #[arg(long, default_value_t = 256)]
     pub size: usize,
     /// Closed loop (`max`) or fixed total rate (`rate`).
@@ -196,7 +206,7 @@ pub struct TrafficArgs {
 /// [`TrafficArgs`], checked.
 #[derive(Debug, Clone, Copy)]
 pub struct Traffic {
-    /// Message size in bytes.
+    /// Payload bytes per message.
     pub size: usize,
     /// Closed loop or fixed rate.
     pub mode: ModeKind,
@@ -520,8 +530,11 @@ pub struct Report {
     pub seed: Option<u64>,
     /// Generator threads.
     pub threads: usize,
-    /// Bytes per message (the envelope).
+    /// Payload bytes per message (`--size`), for every target.
     pub message_bytes: usize,
+    /// Switchboard: bytes of the envelope around the payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envelope_bytes: Option<usize>,
     /// `max`: in flight per sender.
     pub in_flight: Option<u64>,
     /// `rate`: requested total messages/s.
@@ -562,7 +575,8 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
     let cfg = RunConfig::try_from(args)?;
     raise_fd_limit(2 * cfg.pairs as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let layout = Template::new(0, cfg.traffic.size, nonce, created_at_ms)?.layout();
+    let body = cfg.ep.target.body();
+    let layout = Template::new(0, body, cfg.traffic.size, nonce, created_at_ms)?.layout();
     let shared = Shared {
         epoch: Instant::now(),
         barrier: Barrier::new(cfg.traffic.threads + 1),
@@ -570,6 +584,7 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
         plan: OnceLock::new(),
         connect_timeout: cfg.ep.connect_timeout,
         size: cfg.traffic.size,
+        body,
         nonce,
         created_at_ms,
     };
@@ -581,7 +596,7 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
         }
     }
     let mut report = with_protocol(&args.common, &cfg.ep, nonce, layout, Topology::Pairs, Pairs(&cfg, &shared))??;
-    report.message_bytes = layout.len;
+    report.envelope_bytes = (body == Body::Envelope).then_some(layout.len);
     Ok(report)
 }
 
@@ -727,6 +742,7 @@ where
             seed: None,
             threads: cfg.traffic.threads,
             message_bytes: cfg.traffic.size,
+            envelope_bytes: None,
             in_flight: (cfg.traffic.mode == ModeKind::Max).then_some(cfg.traffic.window),
             rate: (cfg.traffic.mode == ModeKind::Rate).then_some(cfg.traffic.rate),
             duration_s: secs,
@@ -783,6 +799,14 @@ pub(crate) fn sleep_until(shared: &Shared, t_ns: u64, bar: &Progress) {
     }
 }
 
+/// "256 B payload", with the envelope's size for Switchboard.
+pub(crate) fn payload_text(payload: usize, envelope: Option<usize>) -> String {
+    match envelope {
+        Some(e) => format!("{payload} B payload ({e} B envelope)"),
+        None => format!("{payload} B payload"),
+    }
+}
+
 /// Splits `0..pairs` into `threads` contiguous, nearly equal ranges.
 fn split(pairs: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
     let threads = threads.clamp(1, pairs.max(1));
@@ -822,12 +846,12 @@ impl Outcome for Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "loadtest {}: {} {} | {}, {} B, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
+            "loadtest {}: {} {} | {}, {}, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
             self.workload,
             self.target,
             self.url,
             self.who(),
-            self.message_bytes,
+            payload_text(self.message_bytes, self.envelope_bytes),
             self.threads,
             self.duration_s,
             self.warmup_s
@@ -908,6 +932,54 @@ mod tests {
         assert!(!tcp.ep.websocket);
         let r = RunConfig::try_from(&args(&["--target", "mosquitto", "--mode", "rate", "--rate", "100"])).unwrap();
         assert_eq!(r.traffic.rate, 100.0);
+    }
+
+    #[test]
+    fn the_payload_on_the_wire_is_size_bytes_for_every_target() {
+        use switchboard_protocol::{Envelope, Limits};
+
+        use crate::target::Inbound;
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for size in [24, 256, 1000, 20_000] {
+            for target in [TargetKind::Switchboard, TargetKind::Mosquitto, TargetKind::Nats] {
+                let mut t = Template::new(3, target.body(), size, 1, 0).unwrap();
+                let layout = t.layout();
+                assert_eq!(layout.payload_len, size);
+                let msg = t.stamp(1, 2).to_vec();
+                let mut wire = Vec::new();
+                let payload = match target {
+                    TargetKind::Switchboard => {
+                        let (s, e) = (String::new(), Vec::new());
+                        let sb = Switchboard::new(addr, s.clone(), s.clone(), e, s.clone(), s, layout);
+                        Switchboard::encode_message(&sb.offline_conn(3), &mut wire, &msg);
+                        // WebSocket header, send-frame header, the envelope.
+                        let envelope = &wire[wire.len() - layout.len..];
+                        Envelope::parse(envelope, &Limits::default()).unwrap().payload().len()
+                    }
+                    TargetKind::Mosquitto => {
+                        Mqtt::encode_message(&Mqtt::new(addr, 1).offline_conn(3), &mut wire, &msg);
+                        // A QoS 0 PUBLISH reads the same either way.
+                        let mut len = None;
+                        Mqtt::decode(&mut Mqtt::new(addr, 1).offline_conn(3), &wire, &mut Vec::new(), &mut |i| {
+                            if let Inbound::Message(m) = i {
+                                len = Some(m.len());
+                            }
+                        })
+                        .unwrap();
+                        len.unwrap()
+                    }
+                    TargetKind::Nats => {
+                        Nats::encode_message(&Nats::new(addr, 1).offline_conn(3), &mut wire, &msg);
+                        // PUB <subject> <#bytes>\r\n<payload>\r\n
+                        let line = std::str::from_utf8(&wire[..wire.iter().position(|&b| b == b'\r').unwrap()]);
+                        let len: usize = line.unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+                        assert_eq!(wire.len(), line.unwrap().len() + 2 + len + 2);
+                        len
+                    }
+                };
+                assert_eq!(payload, size, "{target:?}");
+            }
+        }
     }
 
     #[test]
