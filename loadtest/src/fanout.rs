@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::accounting::{Arrival, FanoutCounts, PairCounts, PairLedger, ReceiverCounts, ReceiverLedger, Window};
 use crate::cpu;
-use crate::driver::{self, Conn, Mode, Plan, STALL_NS, Shared, WRITE_BACKLOG};
+use crate::driver::{self, Conn, DueTimer, Mode, Plan, STALL_NS, Shared, WRITE_BACKLOG};
 use crate::message::{Body, Layout, Template, room_name};
 use crate::progress::Progress;
 use crate::run::{
@@ -365,6 +365,12 @@ fn drive<P: Protocol>(
     let mut latency = Histogram::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram bounds")?;
     let mut report = ThreadReport::default();
     let mut events = Events::with_capacity(1024);
+    let mut timer = match (plan.mode, &sender) {
+        (Mode::Rate { .. }, Some(_)) => {
+            Some(DueTimer::new(poll.registry(), shared).context("creating the send timer")?)
+        }
+        _ => None,
+    };
     shared.sleep_until(plan.send_start_ns);
     loop {
         let now = shared.now_ns();
@@ -394,7 +400,10 @@ fn drive<P: Protocol>(
         }
         let wait = match (sending, plan.mode) {
             (true, Mode::Max { .. }) if busy && sender.is_some() => Duration::ZERO,
-            _ => plan.poll_wait(now, sender.as_ref().map_or(u64::MAX, |s| s.next_due_ns)),
+            _ => {
+                let next_due = sender.as_ref().filter(|s| s.conn.can_send()).map_or(u64::MAX, |s| s.next_due_ns);
+                plan.prepare_wait(timer.as_mut(), now, next_due).context("arming the send timer")?
+            }
         };
         match poll.poll(&mut events, Some(wait)) {
             Ok(()) => {}
@@ -402,6 +411,12 @@ fn drive<P: Protocol>(
             Err(e) => return Err(e).context("polling"),
         }
         for ev in events.iter() {
+            if ev.token() == DueTimer::TOKEN {
+                if let Some(timer) = &mut timer {
+                    timer.fired();
+                }
+                continue;
+            }
             let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
             let (conn, result) = if ev.token() == SENDER {
                 let Some(s) = &mut sender else { continue };

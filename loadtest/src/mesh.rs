@@ -29,7 +29,9 @@ use clap::Args;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::accounting::{Arrival, MeshLedger, PairCounts, PairLedger};
-use crate::driver::{Conn, Mode, Plan, STALL_NS, Shared, Stats, ThreadReport, WRITE_BACKLOG, flush, open, pump};
+use crate::driver::{
+    Conn, DueTimer, Mode, Plan, STALL_NS, Shared, Stats, ThreadReport, WRITE_BACKLOG, flush, open, pump,
+};
 use crate::message::{Body, Layout, Template};
 use crate::run::{
     MAX_RUN_PAIRS, Report, RunConfig, TargetArgs, TrafficArgs, WithProtocol, execute, raise_fd_limit, run_identity,
@@ -190,6 +192,10 @@ fn drive<P: Protocol>(
     let mut stats = Stats::new()?;
     let mut ledger = MeshLedger::new(mesh.users, slots.len());
     let mut events = Events::with_capacity(1024);
+    let mut timer = match plan.mode {
+        Mode::Rate { .. } => Some(DueTimer::new(poll.registry(), shared).context("creating the send timer")?),
+        Mode::Max { .. } => None,
+    };
     shared.sleep_until(plan.send_start_ns);
     let mut complete = false;
     loop {
@@ -202,7 +208,9 @@ fn drive<P: Protocol>(
         if sending {
             for (k, slot) in slots.iter_mut().enumerate() {
                 fill::<P>(slot, users.start + k, &plan, now, &mut stats, mesh);
-                next_due = next_due.min(slot.next_due_ns);
+                if slot.conn.can_send() {
+                    next_due = next_due.min(slot.next_due_ns);
+                }
             }
         } else if now >= plan.window.end_ns + SETTLE_NS {
             if mesh.delivered.load(Ordering::SeqCst) >= mesh.expected.load(Ordering::SeqCst) {
@@ -213,12 +221,19 @@ fn drive<P: Protocol>(
                 break;
             }
         }
-        match poll.poll(&mut events, Some(plan.poll_wait(now, next_due))) {
+        let wait = plan.prepare_wait(timer.as_mut(), now, next_due).context("arming the send timer")?;
+        match poll.poll(&mut events, Some(wait)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("polling"),
         }
         for ev in events.iter() {
+            if ev.token() == DueTimer::TOKEN {
+                if let Some(timer) = &mut timer {
+                    timer.fired();
+                }
+                continue;
+            }
             let Token(k) = ev.token();
             let me = users.start + k;
             let slot = &mut slots[k];
