@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Barrier, OnceLock};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -26,6 +26,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::accounting::{Arrival, PairCounts, PairLedger, Window};
+use crate::cpu::ThreadClock;
 use crate::message::{Body, Layout, Template};
 use crate::target::{Inbound, Protocol, Role};
 
@@ -151,12 +152,29 @@ pub struct Shared {
     pub nonce: u32,
     /// Envelopes' `created_at_ms`.
     pub created_at_ms: u64,
+    /// The generator threads' CPU clocks, each registered before the first
+    /// barrier ([`Shared::register_thread`]); read by the coordinator.
+    pub thread_clocks: Mutex<Vec<ThreadClock>>,
 }
 
 impl Shared {
     /// Nanoseconds since the epoch.
     pub fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Registers the calling generator thread's CPU clock, so the
+    /// coordinator can tell whether it was the limit of the run.
+    pub fn register_thread(&self) {
+        if let Some(clock) = ThreadClock::current() {
+            // Set-up only; a poisoned lock still holds a usable list.
+            self.thread_clocks.lock().unwrap_or_else(|e| e.into_inner()).push(clock);
+        }
+    }
+
+    /// The registered generator threads' CPU clocks.
+    pub fn thread_clocks(&self) -> Vec<ThreadClock> {
+        self.thread_clocks.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Sleeps until `t_ns` on the shared clock.
@@ -679,6 +697,7 @@ mod tests {
             body: Body::Bare,
             nonce: 1,
             created_at_ms: 0,
+            thread_clocks: Mutex::new(Vec::new()),
         };
         let mut poll = Poll::new().unwrap();
         let mut timer = DueTimer::new(poll.registry(), &shared).unwrap();

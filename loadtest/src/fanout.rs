@@ -14,7 +14,7 @@
 use std::io::{self, Read};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, OnceLock};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
@@ -89,6 +89,14 @@ pub struct FanoutReport {
     pub latency_us: Latency,
     /// The generator's CPU use over the window, percent of one core.
     pub cpu_generator_pct: Option<f64>,
+    /// The busiest generator thread's CPU use over the window, percent of
+    /// one core.
+    pub cpu_generator_thread_max_pct: Option<f64>,
+    /// True when a generator thread used at least 90% of a core over the
+    /// window: the figures may measure the generator rather than the server.
+    /// (Closed loop with `--threads` > 1: the sender's thread polls without
+    /// sleeping, so it is true by construction.)
+    pub generator_limited: bool,
     /// The server's CPU use over the window (`--server-pid`).
     pub cpu_server_pct: Option<f64>,
     /// From the window's end until everything arrived (or the drain ended).
@@ -142,6 +150,7 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         body,
         nonce,
         created_at_ms,
+        thread_clocks: Mutex::new(Vec::new()),
     };
     let fan = FanShared { receivers: args.receivers as u64, ..FanShared::default() };
     let mode = match t.mode {
@@ -171,7 +180,9 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         sent_per_s: counts.sent as f64 / secs,
         deliveries_per_s: counts.delivered as f64 / secs,
         latency_us: Latency::of(&latency),
-        cpu_generator_pct: cpu_gen,
+        cpu_generator_pct: cpu_gen.process_pct,
+        cpu_generator_thread_max_pct: cpu_gen.busiest_thread_pct,
+        generator_limited: cpu_gen.limited(),
         cpu_server_pct: cpu_srv,
         drain_s: merged.finished_ns.saturating_sub(window.end_ns) as f64 / 1e9,
         complete: merged.complete,
@@ -195,7 +206,7 @@ struct Run<'a> {
     drain: Duration,
 }
 
-type RunResult = (FanoutCounts, Histogram<u64>, ThreadReport, Option<f64>, Option<f64>, Window);
+type RunResult = (FanoutCounts, Histogram<u64>, ThreadReport, cpu::GeneratorCpu, Option<f64>, Window);
 
 /// What one thread measured.
 #[derive(Debug, Default)]
@@ -224,7 +235,10 @@ impl WithProtocol for Run<'_> {
                     let template = (i == 0).then(|| template.clone());
                     std::thread::Builder::new()
                         .name(format!("loadtest-{i}"))
-                        .spawn_scoped(s, move || drive(proto, range, template, &layout, shared, fan, threads > 1))
+                        .spawn_scoped(s, move || {
+                            shared.register_thread();
+                            drive(proto, range, template, &layout, shared, fan, threads > 1)
+                        })
                         .expect("spawning a generator thread")
                 })
                 .collect();
@@ -236,18 +250,20 @@ impl WithProtocol for Run<'_> {
             let plan = Plan { mode, send_start_ns, window, drain_end_ns: window.end_ns + drain.as_nanos() as u64 };
             shared.plan.set(plan).expect("the plan is set once");
             shared.barrier.wait();
-            let (mut cpu_gen, mut cpu_srv) = (None, None);
+            let (mut cpu_gen, mut cpu_srv) = (cpu::GeneratorCpu::default(), None);
             if connected {
                 let bar = Progress::time("fanout", send_start_ns, window.end_ns);
+                let clocks = shared.thread_clocks();
                 run::sleep_until(shared, window.start_ns, &bar);
+                let g0 = cpu::Sample::take(&clocks);
                 let t0 = Instant::now();
                 let pid = args.common.server_pid;
-                let (g0, s0) = (cpu::cpu_time(None), pid.and_then(|p| cpu::cpu_time(Some(p))));
+                let s0 = pid.and_then(|p| cpu::cpu_time(Some(p)));
                 run::sleep_until(shared, window.end_ns, &bar);
                 let wall = t0.elapsed();
-                let (g1, s1) = (cpu::cpu_time(None), pid.and_then(|p| cpu::cpu_time(Some(p))));
+                let s1 = pid.and_then(|p| cpu::cpu_time(Some(p)));
+                cpu_gen = cpu::GeneratorCpu::between(&g0, &cpu::Sample::take(&clocks), threads);
                 bar.finish();
-                cpu_gen = cpu::percent(g0, g1, wall);
                 cpu_srv = cpu::percent(s0, s1, wall);
             }
             let mut results = Vec::new();
@@ -612,8 +628,9 @@ impl Outcome for FanoutReport {
         let _ = writeln!(s, "  latency µs    {}", self.latency_us.line());
         let _ = writeln!(
             s,
-            "  cpu           generator {}  server {}",
+            "  cpu           generator {} (busiest thread {})  server {}",
             pct(self.cpu_generator_pct),
+            pct(self.cpu_generator_thread_max_pct),
             pct(self.cpu_server_pct)
         );
         let _ = write!(
@@ -630,11 +647,24 @@ impl Outcome for FanoutReport {
         for e in &self.errors {
             let _ = write!(s, "\n  refused       code {} x{}", e.code, e.count);
         }
+        if let Some(w) = self.warning() {
+            let _ = write!(s, "\n  WARNING       {w}");
+        }
         s
     }
 
     fn latency(&self) -> Option<&Latency> {
         Some(&self.latency_us)
+    }
+
+    fn warning(&self) -> Option<String> {
+        let w =
+            run::generator_cpu(self.cpu_generator_pct, self.cpu_generator_thread_max_pct, self.threads).warning()?;
+        Some(if self.in_flight.is_some() && self.threads > 1 {
+            format!("{w} (closed loop with several threads: the sender's thread polls without sleeping)")
+        } else {
+            w
+        })
     }
 
     fn title(&self) -> String {

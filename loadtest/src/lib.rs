@@ -27,7 +27,8 @@
 //!   for Switchboard), stamped in place;
 //! - [`accounting`]: pure per-pair counting (window, loss, duplicates,
 //!   reordering);
-//! - [`cpu`]: process CPU time from `/proc`.
+//! - [`cpu`]: process CPU time from `/proc`, and the generator threads' CPU
+//!   clocks (was the generator the limit?).
 //!
 //! Only loopback addresses are accepted as targets, and every run is
 //! bounded in time (connect timeout, warm-up, window, drain).

@@ -21,7 +21,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, OnceLock};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, ensure};
@@ -130,6 +130,7 @@ pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
         body,
         nonce,
         created_at_ms,
+        thread_clocks: Mutex::new(Vec::new()),
     };
     let mesh = MeshShared {
         users: cfg.pairs,

@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Barrier, OnceLock};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
@@ -483,6 +483,11 @@ pub trait Outcome: Serialize {
     fn latency(&self) -> Option<&Latency>;
     /// The report's title.
     fn title(&self) -> String;
+    /// A warning about the run's figures (printed on stderr as well), e.g.
+    /// that the generator may have been the limit.
+    fn warning(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Prints `report` as `--json` or a table, and writes `--report`.
@@ -491,6 +496,9 @@ pub fn emit<R: Outcome>(common: &TargetArgs, report: &R) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(report).context("serializing the report")?);
     } else {
         println!("{}", report.table());
+    }
+    if let Some(w) = report.warning() {
+        eprintln!("loadtest: warning: {w}");
     }
     if let Some(path) = &common.report {
         let page = html::render(&report.title(), &serde_json::to_value(report)?, report.latency());
@@ -554,6 +562,13 @@ pub struct Report {
     pub latency_us: Latency,
     /// The generator's CPU use over the window, percent of one core.
     pub cpu_generator_pct: Option<f64>,
+    /// The busiest generator thread's CPU use over the window, percent of
+    /// one core.
+    pub cpu_generator_thread_max_pct: Option<f64>,
+    /// True when a generator thread used at least 90% of a core over the
+    /// window ([`cpu::GeneratorCpu::limited`]): the figures may measure the
+    /// generator rather than the server.
+    pub generator_limited: bool,
     /// The server's CPU use over the window (`--server-pid`).
     pub cpu_server_pct: Option<f64>,
     /// From the window's end until everything arrived (or the drain ended).
@@ -587,6 +602,7 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
         body,
         nonce,
         created_at_ms,
+        thread_clocks: Mutex::new(Vec::new()),
     };
     struct Pairs<'a>(&'a RunConfig, &'a Shared);
     impl WithProtocol for Pairs<'_> {
@@ -661,7 +677,10 @@ where
             .map(|(i, range)| {
                 std::thread::Builder::new()
                     .name(format!("loadtest-{i}"))
-                    .spawn_scoped(s, move || drive(proto, range, shared))
+                    .spawn_scoped(s, move || {
+                        shared.register_thread();
+                        drive(proto, range, shared)
+                    })
                     .expect("spawning a generator thread")
             })
             .collect();
@@ -682,17 +701,19 @@ where
             Plan { mode, send_start_ns, window, drain_end_ns: window.end_ns + cfg.traffic.drain.as_nanos() as u64 };
         shared.plan.set(plan).expect("the plan is set once");
         shared.barrier.wait();
-        let (mut cpu_gen, mut cpu_srv) = (None, None);
+        let (mut cpu_gen, mut cpu_srv) = (cpu::GeneratorCpu::default(), None);
         if connected {
             let bar = Progress::time(workload, send_start_ns, window.end_ns);
+            let clocks = shared.thread_clocks();
             sleep_until(shared, window.start_ns, &bar);
+            let g0 = cpu::Sample::take(&clocks);
             let t0 = Instant::now();
-            let (g0, s0) = (cpu::cpu_time(None), cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p))));
+            let s0 = cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p)));
             sleep_until(shared, window.end_ns, &bar);
             bar.finish();
             let wall = t0.elapsed();
-            let (g1, s1) = (cpu::cpu_time(None), cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p))));
-            cpu_gen = cpu::percent(g0, g1, wall);
+            let s1 = cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p)));
+            cpu_gen = cpu::GeneratorCpu::between(&g0, &cpu::Sample::take(&clocks), cfg.traffic.threads);
             cpu_srv = cpu::percent(s0, s1, wall);
         }
         let mut results = Vec::new();
@@ -751,7 +772,9 @@ where
             sent_per_s: counts.sent as f64 / secs,
             delivered_per_s: counts.delivered as f64 / secs,
             latency_us: Latency::of(&latency),
-            cpu_generator_pct: cpu_gen,
+            cpu_generator_pct: cpu_gen.process_pct,
+            cpu_generator_thread_max_pct: cpu_gen.busiest_thread_pct,
+            generator_limited: cpu_gen.limited(),
             cpu_server_pct: cpu_srv,
             drain_s: finished.saturating_sub(window.end_ns) as f64 / 1e9,
             complete,
@@ -829,6 +852,10 @@ impl Outcome for Report {
         Some(&self.latency_us)
     }
 
+    fn warning(&self) -> Option<String> {
+        generator_cpu(self.cpu_generator_pct, self.cpu_generator_thread_max_pct, self.threads).warning()
+    }
+
     fn title(&self) -> String {
         format!("loadtest {}: {} ({})", self.workload, self.target, self.who())
     }
@@ -866,8 +893,9 @@ impl Outcome for Report {
         let _ = writeln!(s, "  latency µs    {}", l.line());
         let _ = writeln!(
             s,
-            "  cpu           generator {}  server {}",
+            "  cpu           generator {} (busiest thread {})  server {}",
             pct(self.cpu_generator_pct),
+            pct(self.cpu_generator_thread_max_pct),
             pct(self.cpu_server_pct)
         );
         let _ = write!(
@@ -884,8 +912,16 @@ impl Outcome for Report {
         for e in &self.errors {
             let _ = write!(s, "\n  refused       code {} x{}", e.code, e.count);
         }
+        if let Some(w) = self.warning() {
+            let _ = write!(s, "\n  WARNING       {w}");
+        }
         s
     }
+}
+
+/// A report's generator CPU figures, for [`cpu::GeneratorCpu::warning`].
+pub(crate) fn generator_cpu(process_pct: Option<f64>, busiest: Option<f64>, threads: usize) -> cpu::GeneratorCpu {
+    cpu::GeneratorCpu { process_pct, busiest_thread_pct: busiest, threads }
 }
 
 #[cfg(test)]
@@ -980,6 +1016,57 @@ mod tests {
                 assert_eq!(payload, size, "{target:?}");
             }
         }
+    }
+
+    fn report(generator_pct: f64, threads: usize) -> Report {
+        Report {
+            workload: "pairs",
+            target: "nats",
+            url: "nats://127.0.0.1:4222".into(),
+            mode: "rate",
+            pairs: 10,
+            users: None,
+            seed: None,
+            threads,
+            message_bytes: 256,
+            envelope_bytes: None,
+            in_flight: None,
+            rate: Some(20_000.0),
+            duration_s: 1.0,
+            warmup_s: 1.0,
+            counts: PairCounts::default(),
+            sent_per_s: 0.0,
+            delivered_per_s: 0.0,
+            latency_us: Latency::default(),
+            cpu_generator_pct: Some(generator_pct * threads as f64),
+            cpu_generator_thread_max_pct: Some(generator_pct),
+            generator_limited: generator_cpu(None, Some(generator_pct), threads).limited(),
+            cpu_server_pct: None,
+            drain_s: 0.0,
+            complete: true,
+            disconnects: 0,
+            stalls: 0,
+            errors: Vec::new(),
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn a_generator_at_its_limit_is_reported_in_the_table_and_the_json() {
+        let busy = report(95.0, 2);
+        let table = busy.table();
+        assert!(table.contains("generator 190% (busiest thread 95%)"), "{table}");
+        assert!(table.contains("WARNING       the generator may be the limit"), "{table}");
+        let json = serde_json::to_value(&busy).unwrap();
+        assert_eq!(json["generator_limited"], true);
+        assert_eq!(json["cpu_generator_thread_max_pct"], 95.0);
+        assert!(table.contains("256 B payload,"), "{table}");
+        let idle = report(12.0, 1);
+        assert!(!idle.table().contains("WARNING"));
+        assert_eq!(idle.warning(), None);
+        assert_eq!(serde_json::to_value(&idle).unwrap()["generator_limited"], false);
+        let sb = Report { envelope_bytes: Some(368), ..idle };
+        assert!(sb.table().contains("256 B payload (368 B envelope),"), "{}", sb.table());
     }
 
     #[test]
