@@ -202,20 +202,25 @@ impl Template {
                 let sender = UserId::parse(sender).context("sender user id")?;
                 let destination = Destination::new(kind, receiver).context("destination name")?;
                 let builder = EnvelopeBuilder::new(EnvelopeId(id), sender, destination, created_at_ms);
+                let fits = |len: usize| builder.clone().payload(&payload[..len]).build();
+                fits(STAMP_LEN).context("building the envelope")?;
+                let bytes = match fits(size) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        // Say how large a payload fits (the verifier's limit
+                        // is on the envelope's apparent size, not its length).
+                        let (mut lo, mut hi) = (STAMP_LEN, size);
+                        while hi - lo > 1 {
+                            let mid = lo + (hi - lo) / 2;
+                            if fits(mid).is_ok() { lo = mid } else { hi = mid }
+                        }
+                        bail!(
+                            "--size {size}: Switchboard would refuse the envelope ({e}); \
+                             the largest payload it takes is {lo} bytes"
+                        );
+                    }
+                };
                 let limits = Limits::default();
-                // The header's size, from the smallest envelope: the builder
-                // refuses one over the limit without saying by how much.
-                let header = builder.clone().payload(&payload[..STAMP_LEN]).build().context("building the envelope")?;
-                let header = header.len() - STAMP_LEN;
-                ensure!(
-                    size + header <= limits.max_envelope_len,
-                    "--size {size}: Switchboard's envelope would be about {} bytes, over its limit of {} \
-                     (the header takes {header}): the payload may be at most about {} bytes",
-                    size + header,
-                    limits.max_envelope_len,
-                    limits.max_envelope_len - header
-                );
-                let bytes = builder.payload(&payload).build().context("building the envelope")?;
                 let env = Envelope::parse(&bytes, &limits).context("the built envelope does not verify")?;
                 ensure!(env.payload().len() == size, "the built envelope's payload is not {size} bytes");
                 let stamp_off = (env.payload().as_ptr() as usize) - (bytes.as_ptr() as usize);
@@ -342,7 +347,9 @@ mod tests {
         }
         // The envelope's header does not fit in Switchboard's limit with it.
         let err = Template::new(0, Body::Envelope, 65_536, 1, 0).unwrap_err().to_string();
-        assert!(err.contains("over its limit of 65536"), "{err}");
+        let max: usize = err.rsplit(' ').nth(1).unwrap().parse().unwrap();
+        assert!(Template::new(0, Body::Envelope, max, 1, 0).is_ok(), "{err}");
+        assert!(Template::new(0, Body::Envelope, max + 1, 1, 0).is_err(), "{err}");
         let mut t = Template::new(0, Body::Envelope, 256, 1, 0).unwrap();
         let layout = t.layout();
         let msg = t.stamp(1, 2).to_vec();
