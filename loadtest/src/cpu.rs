@@ -60,6 +60,8 @@ pub struct GeneratorCpu {
     pub busiest_thread_pct: Option<f64>,
     /// Generator threads of the run.
     pub threads: usize,
+    /// Cores the process may run on (its affinity mask, cgroup quota).
+    pub cores: usize,
 }
 
 impl GeneratorCpu {
@@ -69,35 +71,38 @@ impl GeneratorCpu {
         let wall = b.at.saturating_duration_since(a.at);
         let busiest_thread_pct =
             a.threads.iter().zip(&b.threads).filter_map(|(&t0, &t1)| percent(t0, t1, wall)).max_by(f64::total_cmp);
-        Self { process_pct: percent(a.process, b.process, wall), busiest_thread_pct, threads }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self { process_pct: percent(a.process, b.process, wall), busiest_thread_pct, threads, cores }
     }
 
-    /// True when a generator thread used at least [`GENERATOR_LIMIT_PCT`]
-    /// of a core (without per-thread figures: the process that much per
-    /// thread): it had no time to spare, so the figures may measure the
-    /// generator rather than the server.
+    /// True when the generator had no CPU to spare, so the figures may
+    /// measure it rather than the server: a generator thread used at least
+    /// [`GENERATOR_LIMIT_PCT`] of a core, or the process that much of each
+    /// core its threads can have (fewer cores than threads: they share).
     pub fn limited(&self) -> bool {
-        match (self.busiest_thread_pct, self.process_pct) {
-            (Some(thread), _) => thread >= GENERATOR_LIMIT_PCT,
-            (None, Some(process)) => process >= GENERATOR_LIMIT_PCT * self.threads.max(1) as f64,
-            (None, None) => false,
-        }
+        let thread = self.busiest_thread_pct.is_some_and(|t| t >= GENERATOR_LIMIT_PCT);
+        let usable = self.threads.clamp(1, self.cores.max(1)) as f64;
+        thread || self.process_pct.is_some_and(|p| p >= GENERATOR_LIMIT_PCT * usable)
     }
 
     /// The warning for a [`GeneratorCpu::limited`] run.
     pub fn warning(&self) -> Option<String> {
-        if !self.limited() {
-            return None;
-        }
-        let used = match (self.busiest_thread_pct, self.process_pct) {
-            (Some(t), _) => format!("its busiest thread used {t:.0}% of a core"),
-            (None, p) => format!("it used {:.0}% over {} thread(s)", p.unwrap_or_default(), self.threads),
-        };
-        Some(format!(
-            "the generator may be the limit: {used} (>= {GENERATOR_LIMIT_PCT:.0}%); \
-             give it more --threads (and cores) or less load"
-        ))
+        self.limited().then(|| limit_warning(self.busiest_thread_pct, self.process_pct))
     }
+}
+
+/// What a report says when its run was [`GeneratorCpu::limited`], from its
+/// figures.
+pub fn limit_warning(busiest_thread_pct: Option<f64>, process_pct: Option<f64>) -> String {
+    let process = process_pct.map_or("-".to_owned(), |p| format!("{p:.0}%"));
+    let used = match busiest_thread_pct {
+        Some(t) => format!("its busiest thread used {t:.0}% of a core, the process {process}"),
+        None => format!("the process used {process}"),
+    };
+    format!(
+        "the generator may be the limit: {used} (the limit is {GENERATOR_LIMIT_PCT:.0}% of each core its \
+         threads can have); give it more --threads and cores, or less load"
+    )
 }
 
 /// Total CPU time (user + system) of process `pid` (`None`: this process),
@@ -148,24 +153,29 @@ mod tests {
         assert_eq!(parse_stat_ticks("garbage"), None);
     }
 
-    fn at(threads: Option<f64>, process: Option<f64>, n: usize) -> GeneratorCpu {
-        GeneratorCpu { process_pct: process, busiest_thread_pct: threads, threads: n }
+    fn at(thread: Option<f64>, process: Option<f64>, threads: usize, cores: usize) -> GeneratorCpu {
+        GeneratorCpu { process_pct: process, busiest_thread_pct: thread, threads, cores }
     }
 
     #[test]
-    fn the_generator_is_the_limit_when_a_thread_used_90_percent_of_a_core() {
-        assert!(at(Some(90.0), Some(95.0), 1).limited());
-        assert!(!at(Some(89.9), Some(89.9), 1).limited());
+    fn the_generator_is_the_limit_when_a_thread_or_its_cores_are_90_percent_busy() {
+        assert!(at(Some(90.0), Some(95.0), 1, 2).limited());
+        assert!(!at(Some(89.9), Some(89.9), 1, 2).limited());
         // Two threads: one saturated is enough, whatever the total.
-        assert!(at(Some(97.0), Some(120.0), 2).limited());
-        assert!(!at(Some(60.0), Some(120.0), 2).limited());
-        // Without thread clocks, the process per thread.
-        assert!(at(None, Some(180.0), 2).limited());
-        assert!(!at(None, Some(170.0), 2).limited());
-        assert!(!at(None, None, 1).limited());
-        let w = at(Some(97.4), Some(99.0), 1).warning().unwrap();
-        assert!(w.contains("busiest thread used 97% of a core"), "{w}");
-        assert_eq!(at(Some(10.0), Some(10.0), 1).warning(), None);
+        assert!(at(Some(97.0), Some(120.0), 2, 2).limited());
+        assert!(!at(Some(60.0), Some(120.0), 2, 2).limited());
+        // Two threads on one core: each gets half, the core is full.
+        assert!(at(Some(50.0), Some(95.0), 2, 1).limited());
+        // Without thread clocks, the process per usable core.
+        assert!(at(None, Some(180.0), 2, 4).limited());
+        assert!(!at(None, Some(170.0), 2, 4).limited());
+        assert!(at(None, Some(92.0), 4, 1).limited());
+        assert!(!at(None, None, 1, 1).limited());
+        let w = at(Some(97.4), Some(99.0), 1, 2).warning().unwrap();
+        assert!(w.contains("busiest thread used 97% of a core, the process 99%"), "{w}");
+        assert_eq!(at(Some(10.0), Some(10.0), 1, 2).warning(), None);
+        let w = at(None, Some(183.0), 2, 2).warning().unwrap();
+        assert!(w.contains("the process used 183% (the limit is 90%"), "{w}");
     }
 
     #[test]

@@ -93,7 +93,8 @@ pub struct FanoutReport {
     /// one core.
     pub cpu_generator_thread_max_pct: Option<f64>,
     /// True when a generator thread used at least 90% of a core over the
-    /// window: the figures may measure the generator rather than the server.
+    /// window, or the process 90% of each core its threads can have: the
+    /// figures may measure the generator rather than the server.
     /// (Closed loop with `--threads` > 1: the sender's thread polls without
     /// sleeping, so it is true by construction.)
     pub generator_limited: bool,
@@ -658,8 +659,10 @@ impl Outcome for FanoutReport {
     }
 
     fn warning(&self) -> Option<String> {
-        let w =
-            run::generator_cpu(self.cpu_generator_pct, self.cpu_generator_thread_max_pct, self.threads).warning()?;
+        if !self.generator_limited {
+            return None;
+        }
+        let w = cpu::limit_warning(self.cpu_generator_thread_max_pct, self.cpu_generator_pct);
         Some(if self.in_flight.is_some() && self.threads > 1 {
             format!("{w} (closed loop with several threads: the sender's thread polls without sleeping)")
         } else {

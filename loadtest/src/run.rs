@@ -566,7 +566,8 @@ pub struct Report {
     /// one core.
     pub cpu_generator_thread_max_pct: Option<f64>,
     /// True when a generator thread used at least 90% of a core over the
-    /// window ([`cpu::GeneratorCpu::limited`]): the figures may measure the
+    /// window, or the process 90% of each core its threads can have
+    /// ([`cpu::GeneratorCpu::limited`]): the figures may measure the
     /// generator rather than the server.
     pub generator_limited: bool,
     /// The server's CPU use over the window (`--server-pid`).
@@ -853,7 +854,7 @@ impl Outcome for Report {
     }
 
     fn warning(&self) -> Option<String> {
-        generator_cpu(self.cpu_generator_pct, self.cpu_generator_thread_max_pct, self.threads).warning()
+        self.generator_limited.then(|| cpu::limit_warning(self.cpu_generator_thread_max_pct, self.cpu_generator_pct))
     }
 
     fn title(&self) -> String {
@@ -917,11 +918,6 @@ impl Outcome for Report {
         }
         s
     }
-}
-
-/// A report's generator CPU figures, for [`cpu::GeneratorCpu::warning`].
-pub(crate) fn generator_cpu(process_pct: Option<f64>, busiest: Option<f64>, threads: usize) -> cpu::GeneratorCpu {
-    cpu::GeneratorCpu { process_pct, busiest_thread_pct: busiest, threads }
 }
 
 #[cfg(test)]
@@ -1040,7 +1036,7 @@ mod tests {
             latency_us: Latency::default(),
             cpu_generator_pct: Some(generator_pct * threads as f64),
             cpu_generator_thread_max_pct: Some(generator_pct),
-            generator_limited: generator_cpu(None, Some(generator_pct), threads).limited(),
+            generator_limited: generator_pct >= cpu::GENERATOR_LIMIT_PCT,
             cpu_server_pct: None,
             drain_s: 0.0,
             complete: true,
