@@ -66,6 +66,10 @@ pub struct ConnectReport {
     pub handshake_latency_us: Latency,
     /// The generator's CPU use over the window, percent of one core.
     pub cpu_generator_pct: Option<f64>,
+    /// True when the generator used at least 90% of each core its
+    /// connectors can have: the figures may measure the generator rather
+    /// than the server.
+    pub generator_limited: bool,
     /// The server's CPU use over the window (`--server-pid`).
     pub cpu_server_pct: Option<f64>,
     /// The first failure.
@@ -81,7 +85,7 @@ pub fn run_connect(args: &ConnectArgs) -> anyhow::Result<ConnectReport> {
     let warmup = secs(args.warmup, "warmup", 600.0)?;
     crate::run::raise_fd_limit(2 * args.concurrency as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let layout = Template::new(0, 256, nonce, created_at_ms)?.layout();
+    let layout = Template::new(0, ep.target.body(), 256, nonce, created_at_ms)?.layout();
     let storm = Storm { args, ep: &ep, warmup, duration };
     let (connects, failures, latency, first_error, cpu_gen, cpu_srv, window) =
         with_protocol(&args.common, &ep, nonce, layout, Topology::Pairs, storm)??;
@@ -97,7 +101,8 @@ pub fn run_connect(args: &ConnectArgs) -> anyhow::Result<ConnectReport> {
         failures,
         connects_per_s: connects as f64 / secs,
         handshake_latency_us: Latency::of(&latency),
-        cpu_generator_pct: cpu_gen,
+        cpu_generator_pct: cpu_gen.process_pct,
+        generator_limited: cpu_gen.limited(),
         cpu_server_pct: cpu_srv,
         first_error,
     })
@@ -110,7 +115,7 @@ struct Storm<'a> {
     duration: Duration,
 }
 
-type StormResult = (u64, u64, Histogram<u64>, Option<String>, Option<f64>, Option<f64>, Window);
+type StormResult = (u64, u64, Histogram<u64>, Option<String>, cpu::GeneratorCpu, Option<f64>, Window);
 
 /// One connector's tally.
 struct Tally {
@@ -183,15 +188,18 @@ impl WithProtocol for Storm<'_> {
             sleep_until(window.start_ns);
             let t0 = Instant::now();
             let server_pid = self.args.common.server_pid;
-            let (g0, s0) = (cpu::cpu_time(None), server_pid.and_then(|p| cpu::cpu_time(Some(p))));
+            // The connectors block in their handshakes: only the process's
+            // CPU against the cores they can have tells whether it was full.
+            let (g0, s0) = (cpu::Sample::take(&[]), server_pid.and_then(|p| cpu::cpu_time(Some(p))));
             sleep_until(window.end_ns);
             let wall = t0.elapsed();
-            let (g1, s1) = (cpu::cpu_time(None), server_pid.and_then(|p| cpu::cpu_time(Some(p))));
+            let (g1, s1) = (cpu::Sample::take(&[]), server_pid.and_then(|p| cpu::cpu_time(Some(p))));
             bar.finish();
             for h in handles {
                 h.join().map_err(|_| anyhow::anyhow!("a connector panicked"))??;
             }
-            Ok((cpu::percent(g0, g1, wall), cpu::percent(s0, s1, wall)))
+            let concurrency = self.args.concurrency;
+            Ok((cpu::GeneratorCpu::between(&g0, &g1, concurrency), cpu::percent(s0, s1, wall)))
         })?;
         let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram bounds")?;
         let (mut connects, mut failures, mut first_error) = (0, 0, None);
@@ -227,11 +235,18 @@ impl Outcome for ConnectReport {
         if let Some(e) = &self.first_error {
             s.push_str(&format!("\n  first error   {e}"));
         }
+        if let Some(w) = self.warning() {
+            s.push_str(&format!("\n  WARNING       {w}"));
+        }
         s
     }
 
     fn latency(&self) -> Option<&Latency> {
         Some(&self.handshake_latency_us)
+    }
+
+    fn warning(&self) -> Option<String> {
+        self.generator_limited.then(|| cpu::limit_warning(None, self.cpu_generator_pct))
     }
 
     fn title(&self) -> String {

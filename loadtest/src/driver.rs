@@ -5,23 +5,29 @@
 //!
 //! Hot path: messages are stamped in each sender's [`Template`] and encoded
 //! into the connection's write buffer, up to the in-flight window or
-//! everything that is due, then written with one `write`; reads fill a
-//! fixed buffer and are decoded in place. Nothing is allocated per message
-//! (the receive bit set and the histogram grow geometrically).
+//! everything that is due, ended as one turn ([`Protocol::end_turn`]), then
+//! written with one `write`; reads fill a fixed buffer and are decoded in
+//! place. Nothing is allocated per message (the receive bit set and the
+//! histogram grow geometrically). In rate mode a thread sleeps in its poll
+//! until a read or its next due send, which a timerfd (`DueTimer`) marks to
+//! the nanosecond: it neither spins nor sends late.
 
 use std::io::{self, Read, Write};
 use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Barrier, OnceLock};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::accounting::{Arrival, PairCounts, PairLedger, Window};
-use crate::message::{Layout, Template};
+use crate::cpu::ThreadClock;
+use crate::message::{Body, Layout, Template};
 use crate::target::{Inbound, Protocol, Role};
 
 /// How senders pace themselves.
@@ -70,18 +76,40 @@ impl Plan {
 
     /// How long a thread may wait for socket events at `now`, when its
     /// earliest rate-mode send is due at `next_due`: until the window ends
-    /// (closed loop), until just before the next send is due (it spins the
-    /// last [`SPIN_NS`]), or until the drain ends; at most [`MAX_SLEEP`].
+    /// (closed loop), until the next send is due, or until the drain ends;
+    /// at most [`MAX_SLEEP`]. epoll's timeout has whole milliseconds (mio
+    /// rounds up), so a rate-mode thread also arms its [`DueTimer`] for
+    /// [`Plan::wake_at`]: it sleeps until the send is due, neither late nor
+    /// spinning.
     pub(crate) fn poll_wait(&self, now: u64, next_due: u64) -> Duration {
         let until = if now >= self.window.end_ns {
             self.drain_end_ns.saturating_sub(now)
         } else {
             match self.mode {
                 Mode::Max { .. } => self.window.end_ns - now,
-                Mode::Rate { .. } => next_due.min(self.window.end_ns).saturating_sub(now).saturating_sub(SPIN_NS),
+                Mode::Rate { .. } => next_due.min(self.window.end_ns).saturating_sub(now),
             }
         };
         Duration::from_nanos(until).min(MAX_SLEEP)
+    }
+
+    /// Rate mode: when the thread's [`DueTimer`] must wake it at `now` for
+    /// its earliest send, due at `next_due`: if that is later than `now`
+    /// and before the window's end.
+    pub(crate) fn wake_at(&self, now: u64, next_due: u64) -> Option<u64> {
+        match self.mode {
+            Mode::Rate { .. } if now < next_due && next_due < self.window.end_ns => Some(next_due),
+            _ => None,
+        }
+    }
+
+    /// The poll timeout at `now` ([`Plan::poll_wait`]), with `timer` (rate
+    /// mode) armed for the earliest send, due at `next_due`.
+    pub(crate) fn prepare_wait(&self, timer: Option<&mut DueTimer>, now: u64, next_due: u64) -> io::Result<Duration> {
+        if let (Some(timer), Some(due)) = (timer, self.wake_at(now, next_due)) {
+            timer.arm(due)?;
+        }
+        Ok(self.poll_wait(now, next_due))
     }
 
     /// Rate mode: calls `send(due, wbuf)` for each send due by `now` and
@@ -116,12 +144,17 @@ pub struct Shared {
     pub plan: OnceLock<Plan>,
     /// Bound of each connection's handshake.
     pub connect_timeout: Duration,
-    /// Requested envelope size.
+    /// Payload bytes per message (`--size`).
     pub size: usize,
+    /// What the target's messages are around the payload.
+    pub body: Body,
     /// Distinguishes this run's envelope ids.
     pub nonce: u32,
     /// Envelopes' `created_at_ms`.
     pub created_at_ms: u64,
+    /// The generator threads' CPU clocks, each registered before the first
+    /// barrier ([`Shared::register_thread`]); read by the coordinator.
+    pub thread_clocks: Mutex<Vec<ThreadClock>>,
 }
 
 impl Shared {
@@ -130,12 +163,106 @@ impl Shared {
         self.epoch.elapsed().as_nanos() as u64
     }
 
+    /// Registers the calling generator thread's CPU clock, so the
+    /// coordinator can tell whether it was the limit of the run.
+    pub fn register_thread(&self) {
+        if let Some(clock) = ThreadClock::current() {
+            // Set-up only; a poisoned lock still holds a usable list.
+            self.thread_clocks.lock().unwrap_or_else(|e| e.into_inner()).push(clock);
+        }
+    }
+
+    /// The registered generator threads' CPU clocks.
+    pub fn thread_clocks(&self) -> Vec<ThreadClock> {
+        self.thread_clocks.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Sleeps until `t_ns` on the shared clock.
     pub(crate) fn sleep_until(&self, t_ns: u64) {
         while self.now_ns() < t_ns {
             std::thread::sleep(Duration::from_nanos(t_ns.saturating_sub(self.now_ns())).min(MAX_SLEEP));
         }
     }
+}
+
+/// Wakes a rate-mode thread when its next send is due: a `timerfd` on
+/// the thread's poll, armed for an absolute time on the shared clock with
+/// nanosecond resolution. epoll's own timeout has whole milliseconds, so
+/// without it a thread either wakes up to a millisecond late (and the
+/// lateness counts as latency, stamps being the intended send time) or
+/// spins, using a whole core at any rate.
+#[derive(Debug)]
+pub(crate) struct DueTimer {
+    fd: OwnedFd,
+    /// `CLOCK_MONOTONIC` at the shared epoch (never earlier), nanoseconds.
+    epoch_mono_ns: u64,
+    /// The due time it is armed for, until it goes off.
+    armed_ns: Option<u64>,
+}
+
+impl DueTimer {
+    /// The timer's poll token (connections' tokens are their indices).
+    pub(crate) const TOKEN: Token = Token(usize::MAX);
+
+    /// A disarmed timer on `registry`, on `shared`'s clock.
+    pub(crate) fn new(registry: &Registry, shared: &Shared) -> io::Result<Self> {
+        // SAFETY: timerfd_create takes no pointers; the result is checked.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        registry.register(&mut SourceFd(&fd.as_raw_fd()), Self::TOKEN, Interest::READABLE)?;
+        // `Instant` is CLOCK_MONOTONIC. Reading the shared clock first makes
+        // the estimate of the epoch late, never early, so the timer never
+        // goes off before a send is due.
+        let since_epoch = shared.now_ns();
+        let epoch_mono_ns = monotonic_ns()?.saturating_sub(since_epoch);
+        Ok(Self { fd, epoch_mono_ns, armed_ns: None })
+    }
+
+    /// Arms the timer for `due_ns` on the shared clock, unless it already
+    /// is (one `timerfd_settime` per new due time, none per wake-up).
+    pub(crate) fn arm(&mut self, due_ns: u64) -> io::Result<()> {
+        if self.armed_ns == Some(due_ns) {
+            return Ok(());
+        }
+        let at = self.epoch_mono_ns.saturating_add(due_ns).max(1);
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec {
+                tv_sec: (at / 1_000_000_000) as libc::time_t,
+                tv_nsec: (at % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: `fd` is our timerfd, `spec` a valid itimerspec that outlives
+        // the call, and the old value is not asked for (null).
+        let r =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.armed_ns = Some(due_ns);
+        Ok(())
+    }
+
+    /// The timer went off (its poll event): the next [`DueTimer::arm`]
+    /// sets it again, even for the same time. Re-arming also clears its
+    /// expiry count, so it is never read.
+    pub(crate) fn fired(&mut self) {
+        self.armed_ns = None;
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, nanoseconds.
+fn monotonic_ns() -> io::Result<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the struct we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// What one thread measured.
@@ -165,10 +292,6 @@ pub struct ThreadReport {
 pub(crate) const WRITE_BACKLOG: usize = 1 << 20;
 /// Read buffer per connection (grows for a larger unit).
 pub(crate) const READ_BUF: usize = 64 * 1024;
-/// A rate-mode thread spins instead of sleeping when the next send is due
-/// sooner than this: epoll sleeps in whole milliseconds (mio rounds up), so
-/// a sleep of `due - SPIN_NS` never wakes late.
-pub(crate) const SPIN_NS: u64 = 1_000_000;
 /// A closed-loop pair at its limit with no receipt for this long has lost
 /// messages (QoS 0 / core NATS drop); it gets a fresh window.
 pub(crate) const STALL_NS: u64 = 500_000_000;
@@ -183,6 +306,16 @@ pub(crate) struct Conn<C> {
     pub(crate) wbuf: Vec<u8>,
     pub(crate) wpos: usize,
     pub(crate) alive: bool,
+}
+
+impl<C> Conn<C> {
+    /// True when a sender on this connection can take more messages: it is
+    /// alive and its write backlog has room. A rate-mode thread waits for a
+    /// sender that cannot (on its socket's writable event), not for its
+    /// overdue sends, which would make it spin.
+    pub(crate) fn can_send(&self) -> bool {
+        self.alive && self.wbuf.len() < WRITE_BACKLOG
+    }
 }
 
 struct Slot<C> {
@@ -253,6 +386,10 @@ pub fn drive<P: Protocol>(proto: &P, pairs: Range<usize>, shared: &Shared) -> an
     }
     let mut stats = Stats::new()?;
     let mut events = Events::with_capacity(1024);
+    let mut timer = match plan.mode {
+        Mode::Rate { .. } => Some(DueTimer::new(poll.registry(), shared).context("creating the send timer")?),
+        Mode::Max { .. } => None,
+    };
     shared.sleep_until(plan.send_start_ns);
     let mut complete = false;
     loop {
@@ -265,18 +402,27 @@ pub fn drive<P: Protocol>(proto: &P, pairs: Range<usize>, shared: &Shared) -> an
         if sending {
             for slot in &mut slots {
                 fill::<P>(slot, &plan, now, &mut stats);
-                next_due = next_due.min(slot.next_due_ns);
+                if slot.sender.can_send() {
+                    next_due = next_due.min(slot.next_due_ns);
+                }
             }
         } else if slots.iter().all(|s| s.ledger.lost() == 0 || !s.receiver.alive) {
             complete = slots.iter().all(|s| s.ledger.lost() == 0);
             break;
         }
-        match poll.poll(&mut events, Some(plan.poll_wait(now, next_due))) {
+        let wait = plan.prepare_wait(timer.as_mut(), now, next_due).context("arming the send timer")?;
+        match poll.poll(&mut events, Some(wait)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("polling"),
         }
         for ev in events.iter() {
+            if ev.token() == DueTimer::TOKEN {
+                if let Some(timer) = &mut timer {
+                    timer.fired();
+                }
+                continue;
+            }
             let Token(t) = ev.token();
             let slot = &mut slots[t / 2];
             let role = if t % 2 == 0 { Role::Sender } else { Role::Receiver };
@@ -323,7 +469,7 @@ fn connect_all<P: Protocol>(proto: &P, pairs: Range<usize>, shared: &Shared) -> 
     let mut slots = Vec::with_capacity(pairs.len());
     let mut layout = None;
     for pair in pairs {
-        let template = Template::new(pair, shared.size, shared.nonce, shared.created_at_ms)?;
+        let template = Template::new(pair, shared.body, shared.size, shared.nonce, shared.created_at_ms)?;
         layout.get_or_insert(template.layout());
         let receiver = open(proto, pair, Role::Receiver, shared.connect_timeout)?;
         let sender = open(proto, pair, Role::Sender, shared.connect_timeout)?;
@@ -402,6 +548,7 @@ fn fill<P: Protocol>(slot: &mut Slot<P::Conn>, plan: &Plan, now: u64, stats: &mu
             });
         }
     }
+    P::end_turn(&conn.proto, &mut conn.wbuf, before);
     if conn.wbuf.len() > before
         && let Err(e) = flush(conn)
     {
@@ -515,9 +662,65 @@ mod tests {
         assert_eq!(max.poll_wait(250 * ms, u64::MAX), MAX_SLEEP);
         assert_eq!(max.poll_wait(397 * ms, u64::MAX), Duration::from_millis(3), "draining");
         let rate = plan(Mode::Rate { interval_ns: ms, total_pairs: 1 });
-        // Woken SPIN_NS before the send is due; already due: no wait.
-        assert_eq!(rate.poll_wait(250 * ms, 255 * ms), Duration::from_nanos(5 * ms - SPIN_NS));
+        assert_eq!(rate.poll_wait(250 * ms, 255 * ms), Duration::from_millis(5));
+        // Already due: no wait.
         assert_eq!(rate.poll_wait(250 * ms, 240 * ms), Duration::ZERO);
+    }
+
+    #[test]
+    fn rate_mode_sleeps_until_the_next_send_instead_of_spinning() {
+        let ms = 1_000_000;
+        let rate = plan(Mode::Rate { interval_ns: 50_000, total_pairs: 1 });
+        // 20k/s: the next send is 50 µs away. The thread sleeps those 50 µs
+        // (the timer wakes it; epoll alone would sleep a whole millisecond),
+        // where it used to spin the last millisecond before every send.
+        let (now, due) = (250 * ms, 250 * ms + 50_000);
+        assert_eq!(rate.poll_wait(now, due), Duration::from_micros(50));
+        assert_eq!(rate.wake_at(now, due), Some(due));
+        // Nothing to wake for: a send already due, none before the window's
+        // end, none at all, or a closed loop.
+        assert_eq!(rate.wake_at(now, now), None);
+        assert_eq!(rate.wake_at(now, rate.window.end_ns), None);
+        assert_eq!(rate.wake_at(now, u64::MAX), None);
+        assert_eq!(plan(Mode::Max { in_flight: 8 }).wake_at(now, due), None);
+    }
+
+    #[test]
+    fn the_due_timer_wakes_the_poll_when_a_send_is_due_never_before() {
+        let shared = Shared {
+            epoch: Instant::now(),
+            barrier: Barrier::new(1),
+            abort: AtomicBool::new(false),
+            plan: OnceLock::new(),
+            connect_timeout: Duration::from_secs(1),
+            size: 256,
+            body: Body::Bare,
+            nonce: 1,
+            created_at_ms: 0,
+            thread_clocks: Mutex::new(Vec::new()),
+        };
+        let mut poll = Poll::new().unwrap();
+        let mut timer = DueTimer::new(poll.registry(), &shared).unwrap();
+        let mut events = Events::with_capacity(4);
+        let p = plan(Mode::Rate { interval_ns: 50_000, total_pairs: 1 });
+        for delay_ns in [50_000, 300_000, 2_500_000] {
+            let now = shared.now_ns();
+            let due = now + delay_ns;
+            let p = Plan { window: Window { start_ns: 0, end_ns: u64::MAX }, ..p };
+            // A poll timeout far longer than the delay: only the timer ends it early.
+            let wait = p.prepare_wait(Some(&mut timer), now, due).unwrap();
+            assert!(wait <= MAX_SLEEP);
+            let deadline = now + 5_000_000_000;
+            loop {
+                poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
+                if events.iter().any(|e| e.token() == DueTimer::TOKEN) {
+                    break;
+                }
+                assert!(shared.now_ns() < deadline, "the timer never went off");
+            }
+            assert!(shared.now_ns() >= due, "woken before the send was due");
+            timer.fired();
+        }
     }
 
     #[test]

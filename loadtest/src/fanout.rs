@@ -14,7 +14,7 @@
 use std::io::{self, Read};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, OnceLock};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
@@ -25,8 +25,8 @@ use serde::Serialize;
 
 use crate::accounting::{Arrival, FanoutCounts, PairCounts, PairLedger, ReceiverCounts, ReceiverLedger, Window};
 use crate::cpu;
-use crate::driver::{self, Conn, Mode, Plan, STALL_NS, Shared, WRITE_BACKLOG};
-use crate::message::{Layout, Template, room_name};
+use crate::driver::{self, Conn, DueTimer, Mode, Plan, STALL_NS, Shared, WRITE_BACKLOG};
+use crate::message::{Body, Layout, Template, room_name};
 use crate::progress::Progress;
 use crate::run::{
     self, Endpoint, ErrorCount, Latency, ModeKind, Outcome, TargetArgs, TrafficArgs, WithProtocol, run_identity,
@@ -65,8 +65,11 @@ pub struct FanoutReport {
     pub mode: &'static str,
     /// Generator threads.
     pub threads: usize,
-    /// Bytes per message (the envelope).
+    /// Payload bytes per message (`--size`), for every target.
     pub message_bytes: usize,
+    /// Switchboard: bytes of the envelope around the payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envelope_bytes: Option<usize>,
     /// `max`: in flight.
     pub in_flight: Option<u64>,
     /// `rate`: requested messages/s sent.
@@ -86,6 +89,15 @@ pub struct FanoutReport {
     pub latency_us: Latency,
     /// The generator's CPU use over the window, percent of one core.
     pub cpu_generator_pct: Option<f64>,
+    /// The busiest generator thread's CPU use over the window, percent of
+    /// one core.
+    pub cpu_generator_thread_max_pct: Option<f64>,
+    /// True when a generator thread used at least 90% of a core over the
+    /// window, or the process 90% of each core its threads can have: the
+    /// figures may measure the generator rather than the server.
+    /// (Closed loop with `--threads` > 1: the sender's thread polls without
+    /// sleeping, so it is true by construction.)
+    pub generator_limited: bool,
     /// The server's CPU use over the window (`--server-pid`).
     pub cpu_server_pct: Option<f64>,
     /// From the window's end until everything arrived (or the drain ended).
@@ -125,7 +137,8 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     let (rate, warmup, duration, drain) = (t.rate, t.warmup, t.duration, t.drain);
     run::raise_fd_limit(args.receivers as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let template = Template::to_room(0, &room_name(nonce), t.size, nonce, created_at_ms)?;
+    let body = ep.target.body();
+    let template = Template::to_room(0, body, &room_name(nonce), t.size, nonce, created_at_ms)?;
     let layout = template.layout();
     let threads = t.threads.min(args.receivers);
     let shared = Shared {
@@ -135,8 +148,10 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         plan: OnceLock::new(),
         connect_timeout: ep.connect_timeout,
         size: t.size,
+        body,
         nonce,
         created_at_ms,
+        thread_clocks: Mutex::new(Vec::new()),
     };
     let fan = FanShared { receivers: args.receivers as u64, ..FanShared::default() };
     let mode = match t.mode {
@@ -156,7 +171,8 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
             ModeKind::Rate => "rate",
         },
         threads,
-        message_bytes: layout.len,
+        message_bytes: layout.payload_len,
+        envelope_bytes: (body == Body::Envelope).then_some(layout.len),
         in_flight: (t.mode == ModeKind::Max).then_some(t.window),
         rate: (t.mode == ModeKind::Rate).then_some(rate),
         duration_s: secs,
@@ -165,7 +181,9 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         sent_per_s: counts.sent as f64 / secs,
         deliveries_per_s: counts.delivered as f64 / secs,
         latency_us: Latency::of(&latency),
-        cpu_generator_pct: cpu_gen,
+        cpu_generator_pct: cpu_gen.process_pct,
+        cpu_generator_thread_max_pct: cpu_gen.busiest_thread_pct,
+        generator_limited: cpu_gen.limited(),
         cpu_server_pct: cpu_srv,
         drain_s: merged.finished_ns.saturating_sub(window.end_ns) as f64 / 1e9,
         complete: merged.complete,
@@ -189,7 +207,7 @@ struct Run<'a> {
     drain: Duration,
 }
 
-type RunResult = (FanoutCounts, Histogram<u64>, ThreadReport, Option<f64>, Option<f64>, Window);
+type RunResult = (FanoutCounts, Histogram<u64>, ThreadReport, cpu::GeneratorCpu, Option<f64>, Window);
 
 /// What one thread measured.
 #[derive(Debug, Default)]
@@ -218,7 +236,10 @@ impl WithProtocol for Run<'_> {
                     let template = (i == 0).then(|| template.clone());
                     std::thread::Builder::new()
                         .name(format!("loadtest-{i}"))
-                        .spawn_scoped(s, move || drive(proto, range, template, &layout, shared, fan, threads > 1))
+                        .spawn_scoped(s, move || {
+                            shared.register_thread();
+                            drive(proto, range, template, &layout, shared, fan, threads > 1)
+                        })
                         .expect("spawning a generator thread")
                 })
                 .collect();
@@ -230,18 +251,20 @@ impl WithProtocol for Run<'_> {
             let plan = Plan { mode, send_start_ns, window, drain_end_ns: window.end_ns + drain.as_nanos() as u64 };
             shared.plan.set(plan).expect("the plan is set once");
             shared.barrier.wait();
-            let (mut cpu_gen, mut cpu_srv) = (None, None);
+            let (mut cpu_gen, mut cpu_srv) = (cpu::GeneratorCpu::default(), None);
             if connected {
                 let bar = Progress::time("fanout", send_start_ns, window.end_ns);
+                let clocks = shared.thread_clocks();
                 run::sleep_until(shared, window.start_ns, &bar);
+                let g0 = cpu::Sample::take(&clocks);
                 let t0 = Instant::now();
                 let pid = args.common.server_pid;
-                let (g0, s0) = (cpu::cpu_time(None), pid.and_then(|p| cpu::cpu_time(Some(p))));
+                let s0 = pid.and_then(|p| cpu::cpu_time(Some(p)));
                 run::sleep_until(shared, window.end_ns, &bar);
                 let wall = t0.elapsed();
-                let (g1, s1) = (cpu::cpu_time(None), pid.and_then(|p| cpu::cpu_time(Some(p))));
+                let s1 = pid.and_then(|p| cpu::cpu_time(Some(p)));
+                cpu_gen = cpu::GeneratorCpu::between(&g0, &cpu::Sample::take(&clocks), threads);
                 bar.finish();
-                cpu_gen = cpu::percent(g0, g1, wall);
                 cpu_srv = cpu::percent(s0, s1, wall);
             }
             let mut results = Vec::new();
@@ -359,6 +382,12 @@ fn drive<P: Protocol>(
     let mut latency = Histogram::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram bounds")?;
     let mut report = ThreadReport::default();
     let mut events = Events::with_capacity(1024);
+    let mut timer = match (plan.mode, &sender) {
+        (Mode::Rate { .. }, Some(_)) => {
+            Some(DueTimer::new(poll.registry(), shared).context("creating the send timer")?)
+        }
+        _ => None,
+    };
     shared.sleep_until(plan.send_start_ns);
     loop {
         let now = shared.now_ns();
@@ -388,7 +417,10 @@ fn drive<P: Protocol>(
         }
         let wait = match (sending, plan.mode) {
             (true, Mode::Max { .. }) if busy && sender.is_some() => Duration::ZERO,
-            _ => plan.poll_wait(now, sender.as_ref().map_or(u64::MAX, |s| s.next_due_ns)),
+            _ => {
+                let next_due = sender.as_ref().filter(|s| s.conn.can_send()).map_or(u64::MAX, |s| s.next_due_ns);
+                plan.prepare_wait(timer.as_mut(), now, next_due).context("arming the send timer")?
+            }
         };
         match poll.poll(&mut events, Some(wait)) {
             Ok(()) => {}
@@ -396,6 +428,12 @@ fn drive<P: Protocol>(
             Err(e) => return Err(e).context("polling"),
         }
         for ev in events.iter() {
+            if ev.token() == DueTimer::TOKEN {
+                if let Some(timer) = &mut timer {
+                    timer.fired();
+                }
+                continue;
+            }
             let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
             let (conn, result) = if ev.token() == SENDER {
                 let Some(s) = &mut sender else { continue };
@@ -521,6 +559,7 @@ fn fill<P: Protocol>(s: &mut SenderSlot<P::Conn>, plan: &Plan, now: u64, fan: &F
             });
         }
     }
+    P::end_turn(&conn.proto, &mut conn.wbuf, before);
     if conn.wbuf.len() > before {
         // Receivers must know a sequence number before its message can
         // arrive.
@@ -567,8 +606,14 @@ impl Outcome for FanoutReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "loadtest fanout: {} {} | 1 -> {} receivers, {} B, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
-            self.target, self.url, c.receivers, self.message_bytes, self.threads, self.duration_s, self.warmup_s
+            "loadtest fanout: {} {} | 1 -> {} receivers, {}, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
+            self.target,
+            self.url,
+            c.receivers,
+            run::payload_text(self.message_bytes, self.envelope_bytes),
+            self.threads,
+            self.duration_s,
+            self.warmup_s
         );
         let _ = writeln!(s, "  sent          {:>12}  {:>12.0}/s", c.sent, self.sent_per_s);
         let _ = writeln!(
@@ -584,8 +629,9 @@ impl Outcome for FanoutReport {
         let _ = writeln!(s, "  latency µs    {}", self.latency_us.line());
         let _ = writeln!(
             s,
-            "  cpu           generator {}  server {}",
+            "  cpu           generator {} (busiest thread {})  server {}",
             pct(self.cpu_generator_pct),
+            pct(self.cpu_generator_thread_max_pct),
             pct(self.cpu_server_pct)
         );
         let _ = write!(
@@ -602,11 +648,26 @@ impl Outcome for FanoutReport {
         for e in &self.errors {
             let _ = write!(s, "\n  refused       code {} x{}", e.code, e.count);
         }
+        if let Some(w) = self.warning() {
+            let _ = write!(s, "\n  WARNING       {w}");
+        }
         s
     }
 
     fn latency(&self) -> Option<&Latency> {
         Some(&self.latency_us)
+    }
+
+    fn warning(&self) -> Option<String> {
+        if !self.generator_limited {
+            return None;
+        }
+        let w = cpu::limit_warning(self.cpu_generator_thread_max_pct, self.cpu_generator_pct);
+        Some(if self.in_flight.is_some() && self.threads > 1 {
+            format!("{w} (closed loop with several threads: the sender's thread polls without sleeping)")
+        } else {
+            w
+        })
     }
 
     fn title(&self) -> String {

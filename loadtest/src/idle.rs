@@ -79,7 +79,7 @@ pub fn run_idle(args: &IdleArgs) -> anyhow::Result<IdleReport> {
     let max_connect = secs(args.max_connect_time, "max-connect-time", 3600.0)?;
     run::raise_fd_limit(args.connections as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let layout = Template::new(0, 256, nonce, created_at_ms)?.layout();
+    let layout = Template::new(0, ep.target.body(), 256, nonce, created_at_ms)?.layout();
     let rss_before_kib = vm_rss_kib(pid)?;
     let t0 = Instant::now();
     let open = Open { args, ep: &ep, deadline: t0 + max_connect };

@@ -23,10 +23,12 @@
 //!   lines;
 //! - [`progress`]: the progress bar (only on a terminal);
 //! - [`target`]: one module per protocol behind [`target::Protocol`];
-//! - [`message`]: the envelope every target carries, stamped in place;
+//! - [`message`]: the `--size` payload every target carries (in an envelope
+//!   for Switchboard), stamped in place;
 //! - [`accounting`]: pure per-pair counting (window, loss, duplicates,
 //!   reordering);
-//! - [`cpu`]: process CPU time from `/proc`.
+//! - [`cpu`]: process CPU time from `/proc`, and the generator threads' CPU
+//!   clocks (was the generator the limit?).
 //!
 //! Only loopback addresses are accepted as targets, and every run is
 //! bounded in time (connect timeout, warm-up, window, drain).

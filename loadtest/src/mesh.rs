@@ -21,7 +21,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, OnceLock};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, ensure};
@@ -29,8 +29,10 @@ use clap::Args;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::accounting::{Arrival, MeshLedger, PairCounts, PairLedger};
-use crate::driver::{Conn, Mode, Plan, STALL_NS, Shared, Stats, ThreadReport, WRITE_BACKLOG, flush, open, pump};
-use crate::message::{Layout, Template};
+use crate::driver::{
+    Conn, DueTimer, Mode, Plan, STALL_NS, Shared, Stats, ThreadReport, WRITE_BACKLOG, flush, open, pump,
+};
+use crate::message::{Body, Layout, Template};
 use crate::run::{
     MAX_RUN_PAIRS, Report, RunConfig, TargetArgs, TrafficArgs, WithProtocol, execute, raise_fd_limit, run_identity,
     with_protocol,
@@ -116,7 +118,8 @@ pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
     let cfg = RunConfig::new(&args.common, args.users, &args.traffic)?;
     raise_fd_limit(cfg.pairs as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let layout = Template::mesh(0, cfg.traffic.size, nonce, created_at_ms)?.layout();
+    let body = cfg.ep.target.body();
+    let layout = Template::mesh(0, body, cfg.traffic.size, nonce, created_at_ms)?.layout();
     let shared = Shared {
         epoch: Instant::now(),
         barrier: Barrier::new(cfg.traffic.threads.clamp(1, cfg.pairs) + 1),
@@ -124,8 +127,10 @@ pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
         plan: OnceLock::new(),
         connect_timeout: cfg.ep.connect_timeout,
         size: cfg.traffic.size,
+        body,
         nonce,
         created_at_ms,
+        thread_clocks: Mutex::new(Vec::new()),
     };
     let mesh = MeshShared {
         users: cfg.pairs,
@@ -144,7 +149,7 @@ pub fn run_mesh(args: &MeshArgs) -> anyhow::Result<Report> {
         }
     }
     let mut report = with_protocol(&args.common, &cfg.ep, nonce, layout, Topology::Pairs, Mesh(&cfg, &shared, &mesh))??;
-    report.message_bytes = layout.len;
+    report.envelope_bytes = (body == Body::Envelope).then_some(layout.len);
     report.seed = Some(args.seed);
     Ok(report)
 }
@@ -188,6 +193,10 @@ fn drive<P: Protocol>(
     let mut stats = Stats::new()?;
     let mut ledger = MeshLedger::new(mesh.users, slots.len());
     let mut events = Events::with_capacity(1024);
+    let mut timer = match plan.mode {
+        Mode::Rate { .. } => Some(DueTimer::new(poll.registry(), shared).context("creating the send timer")?),
+        Mode::Max { .. } => None,
+    };
     shared.sleep_until(plan.send_start_ns);
     let mut complete = false;
     loop {
@@ -200,7 +209,9 @@ fn drive<P: Protocol>(
         if sending {
             for (k, slot) in slots.iter_mut().enumerate() {
                 fill::<P>(slot, users.start + k, &plan, now, &mut stats, mesh);
-                next_due = next_due.min(slot.next_due_ns);
+                if slot.conn.can_send() {
+                    next_due = next_due.min(slot.next_due_ns);
+                }
             }
         } else if now >= plan.window.end_ns + SETTLE_NS {
             if mesh.delivered.load(Ordering::SeqCst) >= mesh.expected.load(Ordering::SeqCst) {
@@ -211,12 +222,19 @@ fn drive<P: Protocol>(
                 break;
             }
         }
-        match poll.poll(&mut events, Some(plan.poll_wait(now, next_due))) {
+        let wait = plan.prepare_wait(timer.as_mut(), now, next_due).context("arming the send timer")?;
+        match poll.poll(&mut events, Some(wait)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("polling"),
         }
         for ev in events.iter() {
+            if ev.token() == DueTimer::TOKEN {
+                if let Some(timer) = &mut timer {
+                    timer.fired();
+                }
+                continue;
+            }
             let Token(k) = ev.token();
             let me = users.start + k;
             let slot = &mut slots[k];
@@ -271,7 +289,7 @@ fn connect_all<P: Protocol>(
     let mut slots = Vec::with_capacity(users.len());
     let mut layout = None;
     for user in users {
-        let template = Template::mesh(user, shared.size, shared.nonce, shared.created_at_ms)?;
+        let template = Template::mesh(user, shared.body, shared.size, shared.nonce, shared.created_at_ms)?;
         layout.get_or_insert(template.layout());
         let conn = open(proto, user, Role::Receiver, shared.connect_timeout)?;
         slots.push(User {
@@ -344,6 +362,7 @@ fn fill<P: Protocol>(slot: &mut User<P::Conn>, me: usize, plan: &Plan, now: u64,
             }
         }
     }
+    P::end_turn(&slot.conn.proto, &mut slot.conn.wbuf, before);
     if slot.conn.wbuf.len() > before {
         // Published before the bytes leave, so no receiver sees a sequence
         // number beyond it.

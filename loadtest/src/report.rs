@@ -99,6 +99,8 @@ pub struct Throughput {
     pub failed: u64,
     /// The server's CPU use, percent of one core, if it was sampled.
     pub cpu_server_pct: Option<f64>,
+    /// The generator may have been the limit (`generator_limited`).
+    pub generator_limited: bool,
 }
 
 /// An `idle` run.
@@ -153,6 +155,9 @@ struct Line {
     handshake_latency_us: Option<Latency>,
     failures: Option<u64>,
     cpu_server_pct: Option<f64>,
+    /// Absent from runs older than the flag.
+    #[serde(default)]
+    generator_limited: bool,
     bytes_per_connection: Option<f64>,
     open: Option<u64>,
     connections: Option<u64>,
@@ -162,7 +167,7 @@ impl TryFrom<Line> for Run {
     type Error = anyhow::Error;
 
     fn try_from(l: Line) -> anyhow::Result<Self> {
-        let cpu_server_pct = l.cpu_server_pct;
+        let (cpu_server_pct, generator_limited) = (l.cpu_server_pct, l.generator_limited);
         // A rate needs its latency and its failures; the keys name them in errors.
         let throughput = |per_s, latency: Option<Latency>, failed: Option<u64>, keys: [&str; 2]| {
             anyhow::Ok(Throughput {
@@ -170,6 +175,7 @@ impl TryFrom<Line> for Run {
                 latency: latency.with_context(|| format!("{} missing", keys[0]))?,
                 failed: failed.with_context(|| format!("{} missing", keys[1]))?,
                 cpu_server_pct,
+                generator_limited,
             })
         };
         let measured = if let Some(per_s) = l.delivered_per_s.or(l.deliveries_per_s) {
@@ -281,6 +287,9 @@ struct Summary {
     p999: f64,
     failed: u64,
     cpu_server_pct: Option<f64>,
+    /// Runs whose generator may have been the limit, of `runs`.
+    generator_limited: usize,
+    runs: usize,
 }
 
 impl Summary {
@@ -297,6 +306,8 @@ impl Summary {
             p999: med(|t| t.latency.p999),
             failed: ts.iter().map(|t| t.failed).sum(),
             cpu_server_pct: median(&ts.iter().filter_map(|t| t.cpu_server_pct).collect::<Vec<_>>()),
+            generator_limited: ts.iter().filter(|t| t.generator_limited).count(),
+            runs: ts.len(),
         })
     }
 }
@@ -351,9 +362,13 @@ fn throughput_table(
         .iter()
         .filter(|(_, s)| s.connect == connect)
         .map(|(g, s)| {
+            let target = match s.generator_limited {
+                0 => g.target.to_owned(),
+                n => format!("{} (generator-limited in {n} of {} runs)", g.target, s.runs),
+            };
             vec![
                 g.workload.to_owned(),
-                g.target.to_owned(),
+                target,
                 s.per_s.cell(0),
                 grouped(s.p50, 1),
                 grouped(s.p99, 1),
@@ -686,6 +701,21 @@ mod tests {
         let md = markdown(&rs);
         assert!(md.contains("| max | switchboard | 20,000 (10,000–30,000) | 20.0 | 40.0 | 60.0 | 3 | 80 |"), "{md}");
         assert!(md.contains("|---|---|---:|---:|---:|---:|---:|---:|"), "{md}");
+    }
+
+    #[test]
+    fn runs_whose_generator_was_the_limit_are_marked() {
+        let mut limited: serde_json::Value =
+            serde_json::from_str(&flow("nats-ws", "max", 5_000.0, 40.0, 0, None)).unwrap();
+        limited["generator_limited"] = serde_json::Value::Bool(true);
+        let rs = runs(&[
+            limited.to_string(),
+            flow("nats-ws", "max", 6_000.0, 40.0, 0, None),
+            flow("switchboard", "max", 7_000.0, 40.0, 0, None),
+        ]);
+        let t = &tables(&rs)[0];
+        assert_eq!(t.rows[0][1], "nats-ws (generator-limited in 1 of 2 runs)");
+        assert_eq!(t.rows[1][1], "switchboard");
     }
 
     #[test]

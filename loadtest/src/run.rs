@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Barrier, OnceLock};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::accounting::{PairCounts, Window};
 use crate::driver::{self, Mode, Plan, Shared};
-use crate::message::{Layout, Template, room_name};
+use crate::message::{Body, Layout, Template, room_name};
 use crate::progress::Progress;
 use crate::target::mqtt::Mqtt;
 use crate::target::nats::Nats;
@@ -77,6 +77,14 @@ impl TargetKind {
             Self::Switchboard => "switchboard",
             Self::Mosquitto => "mosquitto",
             Self::Nats => "nats",
+        }
+    }
+
+    /// What this target's messages are around the `--size` payload.
+    pub fn body(self) -> Body {
+        match self {
+            Self::Switchboard => Body::Envelope,
+            Self::Mosquitto | Self::Nats => Body::Bare,
         }
     }
 
@@ -165,7 +173,9 @@ pub struct PairsArgs {
 /// shares.
 #[derive(Debug, Clone, Args)]
 pub struct TrafficArgs {
-    /// Message size in bytes: the envelope, which is also the MQTT/NATS payload.
+    /// Payload bytes per message, the same for every target: the MQTT/NATS
+    /// message payload, and the payload inside Switchboard's envelope (whose
+    /// header comes on top, like the MQTT/NATS framing).
     #[arg(long, default_value_t = 256)]
     pub size: usize,
     /// Closed loop (`max`) or fixed total rate (`rate`).
@@ -196,7 +206,7 @@ pub struct TrafficArgs {
 /// [`TrafficArgs`], checked.
 #[derive(Debug, Clone, Copy)]
 pub struct Traffic {
-    /// Message size in bytes.
+    /// Payload bytes per message.
     pub size: usize,
     /// Closed loop or fixed rate.
     pub mode: ModeKind,
@@ -473,6 +483,11 @@ pub trait Outcome: Serialize {
     fn latency(&self) -> Option<&Latency>;
     /// The report's title.
     fn title(&self) -> String;
+    /// A warning about the run's figures (printed on stderr as well), e.g.
+    /// that the generator may have been the limit.
+    fn warning(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Prints `report` as `--json` or a table, and writes `--report`.
@@ -481,6 +496,9 @@ pub fn emit<R: Outcome>(common: &TargetArgs, report: &R) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(report).context("serializing the report")?);
     } else {
         println!("{}", report.table());
+    }
+    if let Some(w) = report.warning() {
+        eprintln!("loadtest: warning: {w}");
     }
     if let Some(path) = &common.report {
         let page = html::render(&report.title(), &serde_json::to_value(report)?, report.latency());
@@ -520,8 +538,11 @@ pub struct Report {
     pub seed: Option<u64>,
     /// Generator threads.
     pub threads: usize,
-    /// Bytes per message (the envelope).
+    /// Payload bytes per message (`--size`), for every target.
     pub message_bytes: usize,
+    /// Switchboard: bytes of the envelope around the payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envelope_bytes: Option<usize>,
     /// `max`: in flight per sender.
     pub in_flight: Option<u64>,
     /// `rate`: requested total messages/s.
@@ -541,6 +562,14 @@ pub struct Report {
     pub latency_us: Latency,
     /// The generator's CPU use over the window, percent of one core.
     pub cpu_generator_pct: Option<f64>,
+    /// The busiest generator thread's CPU use over the window, percent of
+    /// one core.
+    pub cpu_generator_thread_max_pct: Option<f64>,
+    /// True when a generator thread used at least 90% of a core over the
+    /// window, or the process 90% of each core its threads can have
+    /// ([`cpu::GeneratorCpu::limited`]): the figures may measure the
+    /// generator rather than the server.
+    pub generator_limited: bool,
     /// The server's CPU use over the window (`--server-pid`).
     pub cpu_server_pct: Option<f64>,
     /// From the window's end until everything arrived (or the drain ended).
@@ -562,7 +591,8 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
     let cfg = RunConfig::try_from(args)?;
     raise_fd_limit(2 * cfg.pairs as u64 + 64)?;
     let (nonce, created_at_ms) = run_identity()?;
-    let layout = Template::new(0, cfg.traffic.size, nonce, created_at_ms)?.layout();
+    let body = cfg.ep.target.body();
+    let layout = Template::new(0, body, cfg.traffic.size, nonce, created_at_ms)?.layout();
     let shared = Shared {
         epoch: Instant::now(),
         barrier: Barrier::new(cfg.traffic.threads + 1),
@@ -570,8 +600,10 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
         plan: OnceLock::new(),
         connect_timeout: cfg.ep.connect_timeout,
         size: cfg.traffic.size,
+        body,
         nonce,
         created_at_ms,
+        thread_clocks: Mutex::new(Vec::new()),
     };
     struct Pairs<'a>(&'a RunConfig, &'a Shared);
     impl WithProtocol for Pairs<'_> {
@@ -581,7 +613,7 @@ pub fn run_pairs(args: &PairsArgs) -> anyhow::Result<Report> {
         }
     }
     let mut report = with_protocol(&args.common, &cfg.ep, nonce, layout, Topology::Pairs, Pairs(&cfg, &shared))??;
-    report.message_bytes = layout.len;
+    report.envelope_bytes = (body == Body::Envelope).then_some(layout.len);
     Ok(report)
 }
 
@@ -646,7 +678,10 @@ where
             .map(|(i, range)| {
                 std::thread::Builder::new()
                     .name(format!("loadtest-{i}"))
-                    .spawn_scoped(s, move || drive(proto, range, shared))
+                    .spawn_scoped(s, move || {
+                        shared.register_thread();
+                        drive(proto, range, shared)
+                    })
                     .expect("spawning a generator thread")
             })
             .collect();
@@ -667,17 +702,19 @@ where
             Plan { mode, send_start_ns, window, drain_end_ns: window.end_ns + cfg.traffic.drain.as_nanos() as u64 };
         shared.plan.set(plan).expect("the plan is set once");
         shared.barrier.wait();
-        let (mut cpu_gen, mut cpu_srv) = (None, None);
+        let (mut cpu_gen, mut cpu_srv) = (cpu::GeneratorCpu::default(), None);
         if connected {
             let bar = Progress::time(workload, send_start_ns, window.end_ns);
+            let clocks = shared.thread_clocks();
             sleep_until(shared, window.start_ns, &bar);
+            let g0 = cpu::Sample::take(&clocks);
             let t0 = Instant::now();
-            let (g0, s0) = (cpu::cpu_time(None), cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p))));
+            let s0 = cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p)));
             sleep_until(shared, window.end_ns, &bar);
             bar.finish();
             let wall = t0.elapsed();
-            let (g1, s1) = (cpu::cpu_time(None), cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p))));
-            cpu_gen = cpu::percent(g0, g1, wall);
+            let s1 = cfg.server_pid.and_then(|p| cpu::cpu_time(Some(p)));
+            cpu_gen = cpu::GeneratorCpu::between(&g0, &cpu::Sample::take(&clocks), cfg.traffic.threads);
             cpu_srv = cpu::percent(s0, s1, wall);
         }
         let mut results = Vec::new();
@@ -727,6 +764,7 @@ where
             seed: None,
             threads: cfg.traffic.threads,
             message_bytes: cfg.traffic.size,
+            envelope_bytes: None,
             in_flight: (cfg.traffic.mode == ModeKind::Max).then_some(cfg.traffic.window),
             rate: (cfg.traffic.mode == ModeKind::Rate).then_some(cfg.traffic.rate),
             duration_s: secs,
@@ -735,7 +773,9 @@ where
             sent_per_s: counts.sent as f64 / secs,
             delivered_per_s: counts.delivered as f64 / secs,
             latency_us: Latency::of(&latency),
-            cpu_generator_pct: cpu_gen,
+            cpu_generator_pct: cpu_gen.process_pct,
+            cpu_generator_thread_max_pct: cpu_gen.busiest_thread_pct,
+            generator_limited: cpu_gen.limited(),
             cpu_server_pct: cpu_srv,
             drain_s: finished.saturating_sub(window.end_ns) as f64 / 1e9,
             complete,
@@ -783,6 +823,14 @@ pub(crate) fn sleep_until(shared: &Shared, t_ns: u64, bar: &Progress) {
     }
 }
 
+/// "256 B payload", with the envelope's size for Switchboard.
+pub(crate) fn payload_text(payload: usize, envelope: Option<usize>) -> String {
+    match envelope {
+        Some(e) => format!("{payload} B payload ({e} B envelope)"),
+        None => format!("{payload} B payload"),
+    }
+}
+
 /// Splits `0..pairs` into `threads` contiguous, nearly equal ranges.
 fn split(pairs: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
     let threads = threads.clamp(1, pairs.max(1));
@@ -805,6 +853,10 @@ impl Outcome for Report {
         Some(&self.latency_us)
     }
 
+    fn warning(&self) -> Option<String> {
+        self.generator_limited.then(|| cpu::limit_warning(self.cpu_generator_thread_max_pct, self.cpu_generator_pct))
+    }
+
     fn title(&self) -> String {
         format!("loadtest {}: {} ({})", self.workload, self.target, self.who())
     }
@@ -822,12 +874,12 @@ impl Outcome for Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "loadtest {}: {} {} | {}, {} B, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
+            "loadtest {}: {} {} | {}, {}, {pace}, {} thread(s), {:.1} s (+{:.1} s warm-up)",
             self.workload,
             self.target,
             self.url,
             self.who(),
-            self.message_bytes,
+            payload_text(self.message_bytes, self.envelope_bytes),
             self.threads,
             self.duration_s,
             self.warmup_s
@@ -842,8 +894,9 @@ impl Outcome for Report {
         let _ = writeln!(s, "  latency µs    {}", l.line());
         let _ = writeln!(
             s,
-            "  cpu           generator {}  server {}",
+            "  cpu           generator {} (busiest thread {})  server {}",
             pct(self.cpu_generator_pct),
+            pct(self.cpu_generator_thread_max_pct),
             pct(self.cpu_server_pct)
         );
         let _ = write!(
@@ -859,6 +912,9 @@ impl Outcome for Report {
         }
         for e in &self.errors {
             let _ = write!(s, "\n  refused       code {} x{}", e.code, e.count);
+        }
+        if let Some(w) = self.warning() {
+            let _ = write!(s, "\n  WARNING       {w}");
         }
         s
     }
@@ -908,6 +964,105 @@ mod tests {
         assert!(!tcp.ep.websocket);
         let r = RunConfig::try_from(&args(&["--target", "mosquitto", "--mode", "rate", "--rate", "100"])).unwrap();
         assert_eq!(r.traffic.rate, 100.0);
+    }
+
+    #[test]
+    fn the_payload_on_the_wire_is_size_bytes_for_every_target() {
+        use switchboard_protocol::{Envelope, Limits};
+
+        use crate::target::Inbound;
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for size in [24, 256, 1000, 20_000] {
+            for target in [TargetKind::Switchboard, TargetKind::Mosquitto, TargetKind::Nats] {
+                let mut t = Template::new(3, target.body(), size, 1, 0).unwrap();
+                let layout = t.layout();
+                assert_eq!(layout.payload_len, size);
+                let msg = t.stamp(1, 2).to_vec();
+                let mut wire = Vec::new();
+                let payload = match target {
+                    TargetKind::Switchboard => {
+                        let (s, e) = (String::new(), Vec::new());
+                        let sb = Switchboard::new(addr, s.clone(), s.clone(), e, s.clone(), s, layout);
+                        Switchboard::encode_message(&sb.offline_conn(3), &mut wire, &msg);
+                        // WebSocket header, send-frame header, the envelope.
+                        let envelope = &wire[wire.len() - layout.len..];
+                        Envelope::parse(envelope, &Limits::default()).unwrap().payload().len()
+                    }
+                    TargetKind::Mosquitto => {
+                        Mqtt::encode_message(&Mqtt::new(addr, 1).offline_conn(3), &mut wire, &msg);
+                        // A QoS 0 PUBLISH reads the same either way.
+                        let mut len = None;
+                        Mqtt::decode(&mut Mqtt::new(addr, 1).offline_conn(3), &wire, &mut Vec::new(), &mut |i| {
+                            if let Inbound::Message(m) = i {
+                                len = Some(m.len());
+                            }
+                        })
+                        .unwrap();
+                        len.unwrap()
+                    }
+                    TargetKind::Nats => {
+                        Nats::encode_message(&Nats::new(addr, 1).offline_conn(3), &mut wire, &msg);
+                        // PUB <subject> <#bytes>\r\n<payload>\r\n
+                        let line = std::str::from_utf8(&wire[..wire.iter().position(|&b| b == b'\r').unwrap()]);
+                        let len: usize = line.unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+                        assert_eq!(wire.len(), line.unwrap().len() + 2 + len + 2);
+                        len
+                    }
+                };
+                assert_eq!(payload, size, "{target:?}");
+            }
+        }
+    }
+
+    fn report(generator_pct: f64, threads: usize) -> Report {
+        Report {
+            workload: "pairs",
+            target: "nats",
+            url: "nats://127.0.0.1:4222".into(),
+            mode: "rate",
+            pairs: 10,
+            users: None,
+            seed: None,
+            threads,
+            message_bytes: 256,
+            envelope_bytes: None,
+            in_flight: None,
+            rate: Some(20_000.0),
+            duration_s: 1.0,
+            warmup_s: 1.0,
+            counts: PairCounts::default(),
+            sent_per_s: 0.0,
+            delivered_per_s: 0.0,
+            latency_us: Latency::default(),
+            cpu_generator_pct: Some(generator_pct * threads as f64),
+            cpu_generator_thread_max_pct: Some(generator_pct),
+            generator_limited: generator_pct >= cpu::GENERATOR_LIMIT_PCT,
+            cpu_server_pct: None,
+            drain_s: 0.0,
+            complete: true,
+            disconnects: 0,
+            stalls: 0,
+            errors: Vec::new(),
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn a_generator_at_its_limit_is_reported_in_the_table_and_the_json() {
+        let busy = report(95.0, 2);
+        let table = busy.table();
+        assert!(table.contains("generator 190% (busiest thread 95%)"), "{table}");
+        assert!(table.contains("WARNING       the generator may be the limit"), "{table}");
+        let json = serde_json::to_value(&busy).unwrap();
+        assert_eq!(json["generator_limited"], true);
+        assert_eq!(json["cpu_generator_thread_max_pct"], 95.0);
+        assert!(table.contains("256 B payload,"), "{table}");
+        let idle = report(12.0, 1);
+        assert!(!idle.table().contains("WARNING"));
+        assert_eq!(idle.warning(), None);
+        assert_eq!(serde_json::to_value(&idle).unwrap()["generator_limited"], false);
+        let sb = Report { envelope_bytes: Some(368), ..idle };
+        assert!(sb.table().contains("256 B payload (368 B envelope),"), "{}", sb.table());
     }
 
     #[test]

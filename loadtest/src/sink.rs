@@ -31,7 +31,7 @@ pub struct SinkArgs {
     /// Whose framing to encode.
     #[arg(long, value_enum, default_value_t = TargetKind::Switchboard)]
     pub target: TargetKind,
-    /// Message size in bytes (the envelope).
+    /// Payload bytes per message (for Switchboard, inside the envelope).
     #[arg(long, default_value_t = 256)]
     pub size: usize,
     /// Seconds of each phase.
@@ -49,7 +49,7 @@ pub struct SinkReport {
     pub workload: &'static str,
     /// Whose framing.
     pub target: &'static str,
-    /// Bytes per message (the envelope).
+    /// Payload bytes per message (`--size`).
     pub message_bytes: usize,
     /// Bytes per message on the wire (with the target's framing).
     pub wire_bytes: usize,
@@ -71,7 +71,7 @@ pub fn run_sink(args: &SinkArgs) -> anyhow::Result<SinkReport> {
     let phase = secs(args.duration, "duration", 600.0)?;
     ensure!(!phase.is_zero(), "--duration must be positive");
     let (nonce, created_at_ms) = run_identity()?;
-    let template = Template::new(0, args.size, nonce, created_at_ms)?;
+    let template = Template::new(0, args.target.body(), args.size, nonce, created_at_ms)?;
     let layout = template.layout();
     let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
     let bench = Bench { template, phase };
@@ -91,7 +91,7 @@ pub fn run_sink(args: &SinkArgs) -> anyhow::Result<SinkReport> {
     Ok(SinkReport {
         workload: "sink",
         target: args.target.name(),
-        message_bytes: layout.len,
+        message_bytes: layout.payload_len,
         wire_bytes,
         duration_s: phase.as_secs_f64(),
         encode_per_s,
@@ -114,6 +114,7 @@ impl WithProtocol for Bench {
         let conn = proto.offline_conn(0);
         let mut wire = Vec::new();
         P::encode_message(&conn, &mut wire, template.bytes());
+        P::end_turn(&conn, &mut wire, 0);
         let wire_bytes = wire.len();
         let epoch = Instant::now();
         let window = Window { start_ns: 0, end_ns: u64::MAX };
@@ -129,6 +130,7 @@ impl WithProtocol for Bench {
                 P::encode_message(&conn, &mut wbuf, template.stamp(seq, now));
                 n += 1;
             }
+            P::end_turn(&conn, &mut wbuf, 0);
             std::hint::black_box(&wbuf);
             wbuf.clear();
         }
@@ -159,6 +161,7 @@ impl WithProtocol for Bench {
                 P::encode_message(&conn, &mut wbuf, template.stamp(seq, now));
                 n += 1;
             }
+            P::end_turn(&conn, &mut wbuf, 0);
             out.write_all(&wbuf).context("writing to the sink")?;
             wbuf.clear();
         }
@@ -186,7 +189,7 @@ fn thread_cpu() -> Duration {
 impl Outcome for SinkReport {
     fn table(&self) -> String {
         format!(
-            "loadtest sink: {} framing, {} B envelopes ({} B on the wire), {:.1} s per phase\n  \
+            "loadtest sink: {} framing, {} B payloads ({} B on the wire), {:.1} s per phase\n  \
              encode only   {:>12.0} msg/s\n  encode+write  {:>12.0} msg/s  ({:.0} MB/s, generator thread {:.0}% CPU)",
             self.target,
             self.message_bytes,

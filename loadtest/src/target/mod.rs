@@ -2,11 +2,12 @@
 //!
 //! A protocol implements [`Protocol`]: a blocking `connect` (handshake,
 //! authentication, subscription) done before the run, then, on the hot path,
-//! `encode_message` (append one message to a connection's write buffer) and
-//! `decode` (consume received bytes, answering what the protocol requires,
-//! e.g. pings or delivery acks, into the write buffer). The driver is
-//! generic over it, so each target gets its own monomorphised event loop.
-//! Modules here do no polling and keep no clock.
+//! `encode_message` (append one message to a connection's write buffer),
+//! `end_turn` (the turn's messages are complete: frame them if the target
+//! batches) and `decode` (consume received bytes, answering what the
+//! protocol requires, e.g. pings or delivery acks, into the write buffer).
+//! The driver is generic over it, so each target gets its own
+//! monomorphised event loop. Modules here do no polling and keep no clock.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -109,8 +110,16 @@ pub trait Protocol: Sync {
     /// addresses the envelope itself, so the default does nothing.
     fn retarget(_conn: &mut Self::Conn, _user: usize) {}
 
-    /// Appends one message (the envelope bytes `msg`) for the pair's receiver.
+    /// Appends one message (the bytes `msg`) for the pair's receiver.
     fn encode_message(conn: &Self::Conn, out: &mut Vec<u8>, msg: &[u8]);
+
+    /// Ends a send turn: the messages [`Protocol::encode_message`] appended
+    /// to `out` from offset `start` on are all this turn sends, and are
+    /// about to be written. A target whose own clients write such a batch as
+    /// one unit frames it here (NATS over WebSocket: one binary frame per
+    /// turn, see [`ws::Tunneled::FRAME_PER_TURN`]); by default each message
+    /// is complete as encoded.
+    fn end_turn(_conn: &Self::Conn, _out: &mut Vec<u8>, _start: usize) {}
 
     /// Decodes complete units from the front of `buf`, passing what matters
     /// to `on` and appending any required replies to `out`. Returns the

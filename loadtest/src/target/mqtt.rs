@@ -117,6 +117,8 @@ impl Protocol for Mqtt {
 /// packet per binary frame, subprotocol `mqtt` (MQTT 3.1.1 §6).
 impl Tunneled for Mqtt {
     const SUBPROTOCOL: Option<&'static str> = Some("mqtt");
+    /// Paho's JavaScript client sends each packet with one `send`: a frame.
+    const FRAME_PER_TURN: bool = false;
 
     fn handshake(
         &self,

@@ -120,9 +120,12 @@ impl Protocol for Nats {
 }
 
 /// NATS over WebSocket: nats-server's `websocket` listener (no
-/// subprotocol; protocol lines in binary frames, split anywhere).
+/// subprotocol; protocol lines in binary frames, split anywhere). Like
+/// nats.js and nats.go, which flush their buffered `PUB`s as one frame, a
+/// send turn is one frame.
 impl Tunneled for Nats {
     const SUBPROTOCOL: Option<&'static str> = None;
+    const FRAME_PER_TURN: bool = true;
 
     fn handshake(
         &self,

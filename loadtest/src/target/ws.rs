@@ -4,6 +4,10 @@
 //! Mosquitto's `protocol websockets` listener and nats-server's `websocket`
 //! block.
 //!
+//! Framing follows the protocol's own WebSocket clients
+//! ([`Tunneled::FRAME_PER_TURN`]): NATS writes a send turn's `PUB`s as one
+//! frame, MQTT one frame per packet.
+//!
 //! Enough for a well-behaved server on loopback: client frames are masked
 //! with the all-zero key (legal, and it makes masking free for the
 //! generator; every server still runs its unmasking pass, so all targets pay
@@ -61,6 +65,22 @@ pub(crate) fn upgrade(
 
 /// Appends the header of a final, masked (all-zero key) client frame.
 pub(crate) fn client_header(out: &mut Vec<u8>, len: usize, opcode: u8) {
+    let (h, n) = header_bytes(len, opcode);
+    out.extend_from_slice(&h[..n]);
+}
+
+/// Makes `out[start..]` the payload of one final, masked (all-zero key)
+/// client frame: inserts the header before it, moving the payload up by
+/// the header's length. The payload's length is only known once it is
+/// encoded, and the header's own length depends on it.
+pub(crate) fn frame_from(out: &mut Vec<u8>, start: usize, opcode: u8) {
+    let (h, n) = header_bytes(out.len() - start, opcode);
+    out.splice(start..start, h[..n].iter().copied());
+}
+
+/// The header of a final, masked (all-zero key) client frame with a
+/// `len`-byte payload, and how many of the bytes it uses.
+fn header_bytes(len: usize, opcode: u8) -> ([u8; MAX_CLIENT_HEADER], usize) {
     let mut h = [0u8; MAX_CLIENT_HEADER];
     h[0] = 0x80 | opcode;
     let n = if len < 126 {
@@ -76,7 +96,7 @@ pub(crate) fn client_header(out: &mut Vec<u8>, len: usize, opcode: u8) {
         10
     };
     // The 4 mask bytes stay zero.
-    out.extend_from_slice(&h[..n + 4]);
+    (h, n + 4)
 }
 
 /// One server frame's header, parsed.
@@ -144,6 +164,14 @@ pub trait Tunneled: Protocol {
         timeout: Duration,
     ) -> anyhow::Result<(Self::Conn, Vec<u8>)>;
 
+    /// True when the protocol's own WebSocket clients write what they have
+    /// buffered as one binary frame (nats.js, nats.go: a flush of several
+    /// `PUB`s is one frame), so the tunnel frames each send turn once, at
+    /// [`Protocol::end_turn`]. False when they frame each packet (Paho's
+    /// JavaScript MQTT client sends one packet per frame), so the tunnel
+    /// frames each message.
+    const FRAME_PER_TURN: bool;
+
     /// The length [`Protocol::encode_message`] appends for a `msg_len`-byte
     /// message (so the frame header goes first, with no copy).
     fn message_len(conn: &Self::Conn, msg_len: usize) -> usize;
@@ -207,8 +235,17 @@ impl<P: Tunneled> Protocol for WsTunnel<P> {
     }
 
     fn encode_message(conn: &Self::Conn, out: &mut Vec<u8>, msg: &[u8]) {
-        client_header(out, P::message_len(&conn.inner, msg.len()), OP_BINARY);
+        if !P::FRAME_PER_TURN {
+            client_header(out, P::message_len(&conn.inner, msg.len()), OP_BINARY);
+        }
         P::encode_message(&conn.inner, out, msg);
+    }
+
+    fn end_turn(conn: &Self::Conn, out: &mut Vec<u8>, start: usize) {
+        P::end_turn(&conn.inner, out, start);
+        if P::FRAME_PER_TURN && out.len() > start {
+            frame_from(out, start, OP_BINARY);
+        }
     }
 
     fn decode(
@@ -388,6 +425,53 @@ mod tests {
         assert_eq!(err.unwrap_err(), ProtoError::Closed("WebSocket close 1000 ".into()));
     }
 
+    /// Parses a client frame at the front of `client` (the mask key is
+    /// zero, so the payload needs no unmasking); the payload range skips
+    /// the key.
+    fn as_server_frame(client: &[u8]) -> ServerFrame {
+        let unmasked = [&[client[0], client[1] & 0x7f], &client[2..]].concat();
+        let f = server_frame(&unmasked).unwrap().unwrap();
+        ServerFrame { payload: f.payload.start + 4..f.payload.end + 4, ..f }
+    }
+
+    #[test]
+    fn a_nats_send_turn_is_one_frame_of_all_its_pubs() {
+        use crate::target::nats::Nats;
+        let nats = WsTunnel::new(
+            Nats::new("127.0.0.1:1".parse().unwrap(), 0xab),
+            "127.0.0.1:1".parse().unwrap(),
+            "h".into(),
+            "/".into(),
+        );
+        let conn = nats.offline_conn(2);
+        // Header lengths 6, 8 and 14: under 126, under 64 KiB, above.
+        for (n, len) in [(3, 5), (4, 100), (5, 20_000)] {
+            // Bytes from an earlier turn, not yet written, stay as they are.
+            let mut out = b"earlier".to_vec();
+            let start = out.len();
+            let mut pubs = Vec::new();
+            for _ in 0..n {
+                WsTunnel::<Nats>::encode_message(&conn, &mut out, &vec![7; len]);
+                Nats::encode_message(&conn.inner, &mut pubs, &vec![7; len]);
+            }
+            WsTunnel::<Nats>::end_turn(&conn, &mut out, start);
+            assert_eq!(&out[..start], b"earlier");
+            let f = as_server_frame(&out[start..]);
+            assert!(f.fin && f.opcode == OP_BINARY, "{f:?}");
+            assert_eq!(&out[start..][f.payload.clone()], pubs, "{n} PUBs of {len} bytes");
+            assert_eq!(start + f.payload.end, out.len(), "one frame, nothing after it");
+        }
+        // An empty turn writes nothing.
+        let mut out = b"earlier".to_vec();
+        WsTunnel::<Nats>::end_turn(&conn, &mut out, 7);
+        assert_eq!(out, b"earlier");
+        // Plain NATS is untouched by the turn's end.
+        let mut out = Vec::new();
+        Nats::encode_message(&conn.inner, &mut out, b"x");
+        Nats::end_turn(&conn.inner, &mut out, 0);
+        assert_eq!(out, b"PUB lt.000000ab.000002 1\r\nx\r\n");
+    }
+
     #[test]
     fn tunnelled_messages_are_one_frame_of_the_announced_length() {
         use crate::target::mqtt::Mqtt;
@@ -401,8 +485,13 @@ mod tests {
         for len in [0, 100, 200, 20_000] {
             let mut out = Vec::new();
             WsTunnel::<Mqtt>::encode_message(&conn, &mut out, &vec![7; len]);
-            let f = server_frame(&[&[out[0], out[1] & 0x7f], &out[2..]].concat()).unwrap().unwrap();
-            assert_eq!(f.payload.end + 4, out.len(), "{len}");
+            let one = out.len();
+            WsTunnel::<Mqtt>::encode_message(&conn, &mut out, &vec![7; len]);
+            WsTunnel::<Mqtt>::end_turn(&conn, &mut out, 0);
+            // Still one frame per packet after the turn's end.
+            assert_eq!(as_server_frame(&out).payload.end, one, "{len}");
+            assert_eq!(as_server_frame(&out[one..]).payload.end, one, "{len}");
+            assert_eq!(out.len(), 2 * one);
         }
     }
 }
