@@ -211,7 +211,12 @@ async def main(spec: dict):
     err[36:].decode("utf-8")
 
     # A text message closes that connection with 1003; the others go on.
+    # A closing error is sent as an error frame (unsupported-data, 104),
+    # then the close (section 6).
     await b2.send("text is not the protocol")
+    err = await recv_frame(b2, "unsupported-data error")
+    (code,) = struct.unpack_from("<H", err, 4)
+    check(err[0:2] == b"\x01\x05" and code == 104, f"error 104 before the close, got {err.hex()}")
     try:
         await asyncio.wait_for(b2.recv(), TIMEOUT)
         raise CheckFailed("a text message did not close the connection")

@@ -300,8 +300,10 @@ fn slow_consumer_is_disconnected_and_others_are_not_slowed() {
     s.wait_connections(&sloth, 0);
     // What the sloth finds when it finally reads: the deliveries that were
     // accepted as delivered, in order and intact, then close 4402.
-    let (code, frames) = sl.close_code();
+    let (code, mut frames) = sl.close_code();
     assert_eq!(code, ErrorCode::SlowConsumer.close_code());
+    let error = frames.pop().expect("the error frame before the close");
+    assert_eq!(parse_error(&error).0, ErrorCode::SlowConsumer.code());
     assert_eq!(frames.len(), delivered_to_sloth);
     for (i, f) in frames.iter().enumerate() {
         assert!(*f == deliver_frame(&to_sloth[i]), "sloth's delivery {i}");
@@ -332,13 +334,18 @@ fn graceful_shutdown_flushes_and_closes_with_1001() {
     let status = s.terminate(grace + Duration::from_secs(2)).expect("server exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
     assert!(start.elapsed() < grace, "took {:?}", start.elapsed());
-    let (code, frames) = b.close_code();
+    // Every accepted envelope, then the shutting-down error, then close 1001.
+    let (code, mut frames) = b.close_code();
     assert_eq!(code, 1001, "bob's close code");
+    let error = frames.pop().expect("the error frame before the close");
+    assert_eq!(parse_error(&error).0, ErrorCode::ShuttingDown.code());
     assert_eq!(frames.len(), envs.len(), "accepted envelopes lost in shutdown");
     for (f, env) in frames.iter().zip(&envs) {
         assert!(*f == deliver_frame(env));
     }
-    assert_eq!(a.close_code(), (1001, vec![]));
+    let (code, frames) = a.close_code();
+    assert_eq!((code, frames.len()), (1001, 1));
+    assert_eq!(parse_error(&frames[0]).0, ErrorCode::ShuttingDown.code());
 }
 
 /// A server with alice and bob connected (on different shards), for the
@@ -887,7 +894,11 @@ fn silent_connections_are_pinged_then_closed_with_4502() {
     let mut raw = Vec::new();
     let _ = std::io::Read::read_to_end(m.stream(), &mut raw);
     assert!(raw.starts_with(&hex("89 02 73 62")), "a WebSocket ping first: {raw:02x?}");
-    let close = &raw[4..];
+    // Then the idle-timeout error frame, in a binary message.
+    assert_eq!(raw[4], 0x82, "then the error frame: {raw:02x?}");
+    let len = usize::from(raw[5]);
+    assert_eq!(parse_error(&raw[6..6 + len]).0, ErrorCode::IdleTimeout.code());
+    let close = &raw[6 + len..];
     assert_eq!(close[0], 0x88, "then a close frame: {raw:02x?}");
     assert_eq!(close[2..4], ErrorCode::IdleTimeout.close_code().to_be_bytes(), "{raw:02x?}");
     // (Alice and bob did not read either, so they timed out too.) A new

@@ -51,16 +51,17 @@ impl Shard {
                 let user = c.identity.user().as_str();
                 let mut tx = ConnTx { tx: &mut c.tx, protocol: c.protocol, metrics: &self.metrics };
                 let s = &mut c.session;
-                Some(match input {
+                let event = match input {
                     Input::Frame => s.handle_frame(config, user, &bytes, now, now_ms, &mut dedup, &mut tx),
                     Input::Envelope { no_answer } => {
                         s.handle_send(config, user, &bytes, no_answer, now, now_ms, &mut dedup, &mut tx)
                     }
-                })
+                };
+                Some((event, c.tx.is_closing()))
             })
             .flatten()
         };
-        let Some(event) = event else { return false };
+        let Some((event, closing)) = event else { return false };
         let me = Member { shard: self.id, conn: id };
         match event {
             Event::Route { sequence, id: env_id, destination, envelope, echo } => {
@@ -68,7 +69,13 @@ impl Shard {
                 let start = envelope.as_ptr() as usize - bytes.as_ptr() as usize;
                 let len = envelope.len();
                 let from = Origin { member: me, sequence, id: env_id };
-                let Some(target) = self.target(envelope, destination) else { return true };
+                let Some(target) = self.target(envelope, destination) else {
+                    // The session refuses other kinds first; should one get
+                    // here, its send is still answered.
+                    let refused = Err((ErrorCode::InvalidDestination, "destination kind is not routed"));
+                    self.answer_send(from, refused);
+                    return true;
+                };
                 // The envelope is the frame's bytes, narrowed in place: no
                 // copy, no refcount traffic.
                 self.route(from, target, narrow(bytes, start, len), echo);
@@ -100,7 +107,8 @@ impl Shard {
             }
             _ => {}
         }
-        self.with_conn(id, |c| !c.is_closing()).unwrap_or(false)
+        // Carrying out an event never closes the connection.
+        !closing
     }
 
     /// Answers a request that could not be passed on (a full queue).

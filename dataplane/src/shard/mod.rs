@@ -48,7 +48,7 @@ use std::time::Instant;
 
 use slab::Slab;
 use switchboard_protocol::ErrorCode;
-use switchboard_protocol::session::{Dedup, Session, Timeout};
+use switchboard_protocol::session::{Dedup, Reply, Session, Timeout, Transmit};
 
 pub(crate) use admission::LogLimiter;
 use conn::{CLOSE_DEADLINE, Conn, shutdown_socket};
@@ -369,16 +369,17 @@ impl Shard {
         }
     }
 
-    /// Queues a close; the writer closes the socket after it.
+    /// Closes a connection for `code`: queues the `error` frame and the
+    /// close (docs/protocol.md: an error that closes is sent, then the
+    /// connection closes); the writer closes the socket after them.
     pub(crate) fn close(&self, id: ConnId, code: ErrorCode, reason: &'static str) {
         self.with_conn(id, |c| {
             if c.is_closing() {
                 return;
             }
-            if c.protocol == Protocol::WebSocket {
-                c.tx.out.push(Out::Close { code, reason });
-            }
-            c.tx.set_closing(code);
+            let (_, mut tx) = c.parts(&self.metrics);
+            tx.reply(Reply::error(code, None, None, None, reason));
+            tx.close(code, reason);
             c.wake_writer();
         });
     }
