@@ -660,27 +660,41 @@ impl TokenBucket {
     }
 }
 
-/// The envelope ids accepted recently, by sender: a repeat is answered
-/// `duplicate` and not routed again. Bounded in time (`window`) and count
-/// (`capacity`, the oldest forgotten first); one per shard, since every
-/// connection of a user lives on the user's owner shard.
+/// The envelope ids routed recently, by sender: a repeat is answered
+/// `duplicate` and not routed again. One per shard (every connection of a
+/// user lives on the user's owner shard).
+///
+/// Two generations, so that forgetting costs nothing per id: ids go into
+/// the current generation; once it holds `capacity` ids or is `window` old,
+/// it becomes the previous one and the old previous one is dropped whole.
+/// So every id is remembered for at least `window` and among at least the
+/// `capacity` most recent ones (at most twice both), with two hash probes
+/// per send and no per-id expiry.
 #[derive(Debug)]
 pub struct Dedup<S = std::hash::RandomState> {
-    /// Envelope id → hash of its sender, and the serial of its record.
-    seen: HashMap<u128, (u64, u64), S>,
-    /// Records in insertion order (id, when, serial), for expiry; a
-    /// record whose serial no longer matches `seen` is stale.
-    order: VecDeque<(u128, Instant, u64)>,
-    /// The last serial given out.
-    serial: u64,
+    /// Envelope id → hash of its sender.
+    current: HashMap<u128, u64, S>,
+    previous: HashMap<u128, u64, S>,
+    /// Hashes senders (one hasher for both generations).
+    senders: S,
+    /// When the current generation started (at its first id).
+    since: Option<Instant>,
     window: Duration,
     capacity: usize,
 }
 
 impl<S: BuildHasher + Default> Dedup<S> {
-    /// Remembers ids for `window`, at most `capacity` of them.
+    /// Remembers ids for at least `window`, among at least the `capacity`
+    /// most recent.
     pub fn new(window: Duration, capacity: usize) -> Self {
-        Self { seen: HashMap::with_hasher(S::default()), order: VecDeque::new(), serial: 0, window, capacity }
+        Self {
+            current: HashMap::with_hasher(S::default()),
+            previous: HashMap::with_hasher(S::default()),
+            senders: S::default(),
+            since: None,
+            window,
+            capacity,
+        }
     }
 }
 
@@ -691,54 +705,49 @@ impl<S: BuildHasher> Dedup<S> {
         if self.capacity == 0 || self.window.is_zero() {
             return true;
         }
-        while self.order.front().is_some_and(|&(_, at, _)| now.saturating_duration_since(at) >= self.window) {
-            self.forget_oldest();
+        let since = *self.since.get_or_insert(now);
+        if self.current.len() >= self.capacity || now.saturating_duration_since(since) >= self.window {
+            // The previous generation is dropped whole; its allocation is
+            // reused for the next one.
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+            self.since = Some(now);
         }
         let key = u128::from_be_bytes(id.0);
-        let who = self.seen.hasher().hash_one(sender);
-        match self.seen.get(&key) {
-            Some(&(h, _)) if h == who => false,
+        let who = self.senders.hash_one(sender);
+        if let Some(&h) = self.previous.get(&key) {
             // The same id from another sender is another envelope; the
             // first sender keeps the entry.
-            Some(_) => true,
-            None => {
-                while self.order.len() >= self.capacity {
-                    self.forget_oldest();
-                }
-                self.serial += 1;
-                self.seen.insert(key, (who, self.serial));
-                self.order.push_back((key, now, self.serial));
+            return h != who;
+        }
+        match self.current.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get() != who,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(who);
                 true
             }
-        }
-    }
-
-    /// Drops the oldest record (and its id, unless it was re-recorded).
-    fn forget_oldest(&mut self) {
-        if let Some((key, _, serial)) = self.order.pop_front()
-            && self.seen.get(&key).is_some_and(|&(_, s)| s == serial)
-        {
-            self.seen.remove(&key);
         }
     }
 
     /// Forgets `id` (its send failed, so a retry must be routed).
     pub fn remove(&mut self, sender: &str, id: EnvelopeId) {
         let key = u128::from_be_bytes(id.0);
-        let who = self.seen.hasher().hash_one(sender);
-        if self.seen.get(&key).is_some_and(|&(h, _)| h == who) {
-            self.seen.remove(&key);
+        let who = self.senders.hash_one(sender);
+        for map in [&mut self.current, &mut self.previous] {
+            if map.get(&key) == Some(&who) {
+                map.remove(&key);
+            }
         }
     }
 
     /// Ids remembered now.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.current.len() + self.previous.len()
     }
 
     /// True if no id is remembered.
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.len() == 0
     }
 }
 

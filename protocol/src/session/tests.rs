@@ -534,24 +534,27 @@ fn same_id_from_another_sender_is_routed() {
 }
 
 #[test]
-fn id_is_routed_again_once_the_window_elapsed() {
+fn id_is_remembered_for_at_least_the_window_and_at_most_twice_it() {
     let mut c = Conn::new();
     let e = to_bob(1);
     let window = DEDUP_WINDOW.as_millis() as u64;
     assert_eq!(routed(c.send(&e, false, 0)), 1);
     assert_eq!(c.send(&e, false, window - 1), Event::None);
-    assert_eq!(routed(c.send(&e, false, window)), 3);
+    assert_eq!(c.send(&e, false, window), Event::None, "in the previous generation now");
+    assert_eq!(routed(c.send(&e, false, 2 * window)), 4, "its generation was dropped");
 }
 
 #[test]
-fn dedup_capacity_forgets_the_oldest_id() {
+fn dedup_capacity_forgets_the_oldest_generation() {
     let mut c = Conn::with_dedup(SessionConfig::default(), 2);
-    let envelopes: Vec<_> = (1..=3).map(to_bob).collect();
+    let envelopes: Vec<_> = (1..=5).map(to_bob).collect();
     for e in &envelopes {
         routed(c.send(e, false, 0));
     }
-    assert_eq!(c.dedup.len(), 2);
-    assert_eq!(routed(c.send(&envelopes[0], false, 0)), 4, "the oldest id was forgotten");
+    // Generations {1, 2}, {3, 4}, {5}: the first was dropped.
+    assert_eq!(c.dedup.len(), 3);
+    assert_eq!(c.send(&envelopes[2], false, 0), Event::None, "among the last `capacity` ids");
+    assert_eq!(routed(c.send(&envelopes[0], false, 0)), 7, "the oldest id was forgotten");
     assert_eq!(c.send(&envelopes[0], false, 0), Event::None, "and is known again");
 }
 
