@@ -86,7 +86,7 @@ pub struct ServeArgs {
     /// Number of shards; 0 = one per core.
     #[arg(long, env = "SWITCHBOARD_SHARDS")]
     pub shards: Option<usize>,
-    /// I/O driver: auto (io_uring, else epoll), uring or epoll.
+    /// I/O driver: epoll (default), uring, or auto (io_uring, else epoll).
     #[arg(long, env = "SWITCHBOARD_IO_DRIVER", value_parser = ["auto", "uring", "epoll"])]
     pub io_driver: Option<String>,
     /// Print the effective configuration as TOML and exit.
