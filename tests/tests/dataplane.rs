@@ -923,3 +923,24 @@ fn a_connection_receives_from_the_moment_its_upgrade_is_answered() {
         expect_delivery(&mut b, &env, &bob);
     }
 }
+
+#[test]
+fn slow_consumer_bounded_by_bytes_is_disconnected() {
+    // The bound in bytes: 8 KiB envelopes that the sloth neither reads nor
+    // acknowledges fill 64 KiB of unacknowledged deliveries after 8, and
+    // every later one is refused while the backlog stays one envelope
+    // below the bound. It must still count as slow and be closed (it was
+    // never closed while the backlog stayed above half the bound).
+    let s = Server::builder().config("[limits]\noutbound_queue_bytes = 65536\nslow_consumer_grace_ms = 200\n").start();
+    let alice = s.user_on_shard("alice", 0);
+    let sloth = s.user_on_shard("sloth", 1);
+    let mut a = s.client(&alice);
+    let _sl = s.ws(&sloth);
+    s.wait_connections(&sloth, 1);
+    for i in 0..40 {
+        let env = envelope(&alice, &user(&sloth), &payload(i, 8192));
+        send_env(&mut a, &env);
+    }
+    wait_for("the byte-bound slow consumer to be disconnected", || s.metric("slow_consumer_disconnects_total") >= 1);
+    s.wait_connections(&sloth, 0);
+}
