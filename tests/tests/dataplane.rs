@@ -424,6 +424,13 @@ fn malformed_websocket_frames_close_the_connection() {
         ("fragmented control frame", 1002, masked_frame(0x09, b"x")),
         ("continuation without a start", 1002, masked_frame(0x80, b"x")),
         ("64-bit length with the top bit set", 1002, hex("82 ff 80 00 00 00 00 00 00 01 00 00 00 00")),
+        // RFC 6455 §5.2: lengths in their shortest form only.
+        (
+            "12-byte frame with a 64-bit length",
+            1002,
+            hex("82 ff 00 00 00 00 00 00 00 0c 00 00 00 00 01 0b 00 00 00 00 00 00 00 00 00 00"),
+        ),
+        ("12-byte frame with a 16-bit length", 1002, hex("82 fe 00 0c 00 00 00 00 01 0b 00 00 00 00 00 00 00 00 00 00")),
         ("close code that must not be sent", 1002, masked_frame(0x88, &1005u16.to_be_bytes())),
         ("close with a one-byte body", 1002, masked_frame(0x88, &[3])),
         ("close reason that is not UTF-8", 1007, masked_frame(0x88, &hex("03 e8 ff fe c3 28"))),

@@ -104,7 +104,11 @@ impl WsDecoder {
         let Some(mask) = header.mask else {
             return Err(WsError::Unmasked);
         };
-        if payload_len >> 63 != 0 {
+        // RFC 6455 §5.2: the most significant bit of a 64-bit length is 0,
+        // and a length is in its shortest form (a 16-bit length is 126 or
+        // more, a 64-bit one more than 65,535).
+        let form = buf.get(1).map_or(0, |b| b & 0x7F);
+        if payload_len >> 63 != 0 || (form == 126 && payload_len < 126) || (form == 127 && payload_len <= 0xFFFF) {
             return Err(WsError::BadLength);
         }
         match header.opcode {
@@ -253,8 +257,9 @@ pub enum WsError {
     /// A new data frame while a fragmented message is incomplete.
     #[error("new message before the fragmented one ended")]
     ExpectedContinuation,
-    /// A 64-bit payload length with the most significant bit set.
-    #[error("invalid payload length")]
+    /// A 64-bit payload length with the most significant bit set, or a
+    /// length not in its shortest form.
+    #[error("invalid payload length (too large, or not in its shortest form)")]
     BadLength,
     /// The message is longer than the limit.
     #[error("message of {len} bytes exceeds the limit of {max}")]
@@ -586,6 +591,20 @@ mod tests {
         // 127 with 2^63: the most significant bit must be 0.
         let mut buf = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
         assert_eq!(d.decode(&mut buf), Err(WsError::BadLength));
+        // Lengths not in their shortest form (RFC 6455 §5.2): 12 bytes with a
+        // 64-bit length, 125 with a 16-bit one, 65,535 with a 64-bit one.
+        let mut buf = [0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0, 12, 1, 2, 3, 4];
+        assert_eq!(d.decode(&mut buf), Err(WsError::BadLength));
+        let mut buf = [0x82, 0xFE, 0, 125, 1, 2, 3, 4];
+        assert_eq!(d.decode(&mut buf), Err(WsError::BadLength));
+        let mut buf = [0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 1, 2, 3, 4];
+        assert_eq!(d.decode(&mut buf), Err(WsError::BadLength));
+        assert_eq!(WsError::BadLength.close_code(), 1002);
+        // The shortest forms at their edges wait for the payload.
+        let mut buf = [0x82, 0xFE, 0, 126, 1, 2, 3, 4];
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        let mut buf = [0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4];
+        assert_eq!(d.decode(&mut buf), Ok(None));
         let mut buf = [0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4];
         assert_eq!(
             d.decode(&mut buf),
