@@ -430,7 +430,11 @@ fn malformed_websocket_frames_close_the_connection() {
             1002,
             hex("82 ff 00 00 00 00 00 00 00 0c 00 00 00 00 01 0b 00 00 00 00 00 00 00 00 00 00"),
         ),
-        ("12-byte frame with a 16-bit length", 1002, hex("82 fe 00 0c 00 00 00 00 01 0b 00 00 00 00 00 00 00 00 00 00")),
+        (
+            "12-byte frame with a 16-bit length",
+            1002,
+            hex("82 fe 00 0c 00 00 00 00 01 0b 00 00 00 00 00 00 00 00 00 00"),
+        ),
         ("close code that must not be sent", 1002, masked_frame(0x88, &1005u16.to_be_bytes())),
         ("close with a one-byte body", 1002, masked_frame(0x88, &[3])),
         ("close reason that is not UTF-8", 1007, masked_frame(0x88, &hex("03 e8 ff fe c3 28"))),
@@ -746,6 +750,9 @@ fn bad_tokens_are_refused_with_401_and_a_json_error() {
         assert_eq!(body["error"]["code"], code.code(), "{case}: {body}");
         assert_eq!(body["error"]["name"], code.name(), "{case}: {body}");
         assert!(body["error"]["reason"].is_string(), "{case}: {body}");
+        // The answer names none of the server's keys (nor echoes a kid).
+        let reason = body["error"]["reason"].as_str().unwrap_or_default();
+        assert!(!reason.contains("dev") && !reason.contains("no-such-key"), "{case}: {body}");
     };
     for (case, header, code) in &cases {
         let r = http_request(

@@ -398,6 +398,19 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// What the client is told: the reason, except that nothing about the
+    /// server's keys (their ids, their algorithms) is given away; the log
+    /// line has the whole reason.
+    pub fn public_reason(&self) -> String {
+        match self {
+            Self::UnknownKey { .. }
+            | Self::NoDefaultKey { .. }
+            | Self::WrongAlgorithm { .. }
+            | Self::BadSignature { .. } => "token signature or key not accepted".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// The protocol error code: `unauthenticated`, `invalid-token` or
     /// `token-expired`.
     pub fn code(&self) -> ErrorCode {

@@ -629,3 +629,19 @@ fn verifier_and_identity_are_shareable() {
     let id = Identity::new(UserId::parse("bob").unwrap(), None, ["admin"], 5);
     assert!(id.is_admin() && id.is_expired(5, 0) && !id.is_expired(4, 0) && !id.is_expired(5, 1));
 }
+
+#[test]
+fn public_reasons_name_no_key() {
+    let kid: Box<str> = "rk1".into();
+    for e in [
+        AuthError::UnknownKey { kid: kid.clone() },
+        AuthError::NoDefaultKey { alg: JwtAlgorithm::RS256 },
+        AuthError::WrongAlgorithm { kid: kid.clone(), key_alg: JwtAlgorithm::RS256, token_alg: JwtAlgorithm::HS256 },
+        AuthError::BadSignature { kid },
+    ] {
+        let public = e.public_reason();
+        assert!(!public.contains("rk1") && !public.contains("RS256"), "{e}: {public}");
+        assert_eq!(e.code(), ErrorCode::InvalidToken);
+    }
+    assert_eq!(AuthError::WrongIssuer.public_reason(), AuthError::WrongIssuer.to_string());
+}

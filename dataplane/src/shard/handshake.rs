@@ -218,7 +218,12 @@ fn authenticate(shard: &Shard, head: &RequestHead) -> Result<Arc<Identity>, (Err
         Ok(None) => return Err((ErrorCode::Unauthenticated, "no token: use Authorization: Bearer".into())),
         Err(e) => return Err((ErrorCode::InvalidToken, e.to_string())),
     };
-    shard.tokens.borrow_mut().verify(token.jwt(), now_unix_secs()).map_err(|e| (e.code(), e.to_string()))
+    shard.tokens.borrow_mut().verify(token.jwt(), now_unix_secs()).map_err(|e| {
+        if shard.log_limiter.allow() {
+            tracing::info!(code = e.code().name(), reason = %e, "token refused");
+        }
+        (e.code(), e.public_reason())
+    })
 }
 
 async fn websocket(
