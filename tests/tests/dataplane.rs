@@ -958,3 +958,32 @@ fn slow_consumer_bounded_by_bytes_is_disconnected() {
     wait_for("the byte-bound slow consumer to be disconnected", || s.metric("slow_consumer_disconnects_total") >= 1);
     s.wait_connections(&sloth, 0);
 }
+
+#[test]
+fn json_send_errors_use_the_documented_codes() {
+    // The JSON form of `POST /send` answers a fault with the code the same
+    // fault has everywhere else (docs/protocol.md §6, HTTP column).
+    let s = Server::start();
+    let alice = s.user_on_shard("alice", 0);
+    let token = s.token(&alice);
+    let post = |body: &[u8]| {
+        let mut c = std::net::TcpStream::connect(s.addr()).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let head = format!(
+            "POST /send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        std::io::Write::write_all(&mut c, head.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut c, body).unwrap();
+        let mut resp = Vec::new();
+        std::io::Read::read_to_end(&mut c, &mut resp).expect("response");
+        parse_http_response(&resp)
+    };
+    let r = post(br#"{"to":"bob","payload":"aGk="}"#);
+    assert_eq!((r.status, r.json()["error"]["code"].as_u64()), (400, Some(203)), "bad `to`: {r:?}");
+    let payload = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 70_000]);
+    let r = post(format!(r#"{{"to":"user:bob","payload":"{payload}"}}"#).as_bytes());
+    assert_eq!((r.status, r.json()["error"]["code"].as_u64()), (413, Some(201)), "70 KB payload: {}", r.body_text());
+    let r = post(br#"{"to":"user:bob","payload":"aGk="}"#);
+    assert_eq!((r.status, r.json()["outcome"].as_str()), (202, Some("recipient-offline")), "{r:?}");
+}

@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use switchboard_protocol::envelope::EnvelopeFlags;
-use switchboard_protocol::{Destination, EnvelopeBuilder, EnvelopeId, UserId};
+use switchboard_protocol::{Destination, EnvelopeBuilder, EnvelopeId, ErrorCode, UserId};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,22 +34,26 @@ struct SendJson {
     metadata: BTreeMap<String, String>,
 }
 
-/// Builds the envelope a JSON body describes, sent by `sender` at `now_ms`.
-pub fn envelope_from_json(body: &[u8], sender: UserId<'_>, now_ms: u64) -> Result<Vec<u8>, String> {
-    let req: SendJson = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
-    let to = Destination::parse(&req.to).map_err(|e| format!("to: {e}"))?;
-    let payload = BASE64.decode(req.payload.as_bytes()).map_err(|e| format!("payload is not base64: {e}"))?;
+/// Builds the envelope a JSON body describes, sent by `sender` at `now_ms`;
+/// an error has the code the same fault has in the binary protocol (a bad
+/// `to` is `invalid-destination`, anything else about the body
+/// `invalid-envelope`).
+pub fn envelope_from_json(body: &[u8], sender: UserId<'_>, now_ms: u64) -> Result<Vec<u8>, (ErrorCode, String)> {
+    let invalid = |reason: String| (ErrorCode::InvalidEnvelope, reason);
+    let req: SendJson = serde_json::from_slice(body).map_err(|e| invalid(format!("invalid JSON body: {e}")))?;
+    let to = Destination::parse(&req.to).map_err(|e| (ErrorCode::InvalidDestination, format!("to: {e}")))?;
+    let payload = BASE64.decode(req.payload.as_bytes()).map_err(|e| invalid(format!("payload is not base64: {e}")))?;
     let id = match &req.id {
-        Some(id) => id.parse::<EnvelopeId>().map_err(|e| format!("id: {e}"))?,
+        Some(id) => id.parse::<EnvelopeId>().map_err(|e| invalid(format!("id: {e}")))?,
         None => {
             let mut random = [0u8; 10];
-            getrandom::fill(&mut random).map_err(|e| format!("no randomness: {e}"))?;
+            getrandom::fill(&mut random).map_err(|e| (ErrorCode::Internal, format!("no randomness: {e}")))?;
             EnvelopeId::new_v7(now_ms, &random)
         }
     };
     let mut flags = EnvelopeFlags::empty();
     for f in &req.flags {
-        flags = flags | EnvelopeFlags::from_name(f).ok_or_else(|| format!("unknown flag {f:?}"))?;
+        flags = flags | EnvelopeFlags::from_name(f).ok_or_else(|| invalid(format!("unknown flag {f:?}")))?;
     }
     let mut b = EnvelopeBuilder::new(id, sender, to, now_ms)
         .ttl_ms(req.ttl_ms)
@@ -62,7 +66,7 @@ pub fn envelope_from_json(body: &[u8], sender: UserId<'_>, now_ms: u64) -> Resul
     for (k, v) in &req.metadata {
         b = b.metadata(k, v);
     }
-    b.build().map_err(|e| e.to_string())
+    b.build().map_err(|e| (e.code(), e.to_string()))
 }
 
 #[cfg(test)]
@@ -98,5 +102,9 @@ mod tests {
         ] {
             assert!(envelope_from_json(body, alice, 0).is_err(), "{}", String::from_utf8_lossy(body));
         }
+        let code = |body: &[u8]| envelope_from_json(body, alice, 0).unwrap_err().0;
+        assert_eq!(code(br#"{"to":"bob"}"#), ErrorCode::InvalidDestination);
+        assert_eq!(code(br#"{"to":"user:b/c"}"#), ErrorCode::InvalidDestination);
+        assert_eq!(code(br#"{"to":"user:b","payload":"!!"}"#), ErrorCode::InvalidEnvelope);
     }
 }

@@ -330,9 +330,15 @@ async fn http_send(
     let body = buf.split_to(len).freeze();
     let envelope = if json {
         match crate::frontend::http_json::envelope_from_json(&body, identity.user(), now_unix_ms()) {
+            // What a JSON body builds is held to the same bound as a raw one.
+            Ok(e) if e.len() > max_env => {
+                let reason = "envelope larger than limits.max_envelope_bytes";
+                let _ = io.write_all(http::error_response(ErrorCode::EnvelopeTooLarge, reason, false)).await;
+                return;
+            }
             Ok(e) => Bytes::from(e),
-            Err(reason) => {
-                let _ = io.write_all(http::error_response(ErrorCode::InvalidEnvelope, &reason, false)).await;
+            Err((code, reason)) => {
+                let _ = io.write_all(http::error_response(code, &reason, false)).await;
                 return;
             }
         }
