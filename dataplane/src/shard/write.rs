@@ -84,6 +84,11 @@ impl OutQueue {
         Some(out)
     }
 
+    /// How many `accepted` answers lead the queue (at most `max`).
+    fn leading_accepted(&self, max: usize) -> usize {
+        self.items.iter().take(max).take_while(|o| matches!(o, Out::Reply(Reply::Accepted(_)))).count()
+    }
+
     fn pop_accepted(&mut self) -> Option<Confirm> {
         match self.items.front() {
             Some(Out::Reply(Reply::Accepted(c))) => {
@@ -175,16 +180,16 @@ impl WriteBatch {
     fn reply(&mut self, reply: &Reply, queue: &mut OutQueue) {
         let frame = match reply {
             Reply::Accepted(first) => {
-                let mut entries = [*first; MAX_CONFIRMS_PER_FRAME];
-                let mut n = 1;
-                while n < MAX_CONFIRMS_PER_FRAME
-                    && let Some(c) = queue.pop_accepted()
-                {
-                    entries[n] = c;
-                    n += 1;
+                // Counted first, so the entries go straight from the queue
+                // behind the WebSocket header (no array of entries).
+                let more = queue.leading_accepted(MAX_CONFIRMS_PER_FRAME - 1);
+                self.ws_header(FRAME_HEADER_LEN + (1 + more) * CONFIRM_LEN);
+                encode_accepted(std::slice::from_ref(first), &mut self.bytes);
+                for _ in 0..more {
+                    if let Some(c) = queue.pop_accepted() {
+                        self.bytes.extend_from_slice(&c.to_bytes());
+                    }
                 }
-                self.ws_header(FRAME_HEADER_LEN + n * CONFIRM_LEN);
-                encode_accepted(&entries[..n], &mut self.bytes);
                 return;
             }
             Reply::Error(e) => Frame::Error(ErrorFrame {
