@@ -56,6 +56,9 @@ pub enum ErrorCode {
     ConnectionLimit = 404,
     /// Leave of a room the connection is not in.
     NotAMember = 405,
+    /// Every live connection of the recipient is over its outbound bound:
+    /// the envelope was neither delivered nor stored; retry later.
+    RecipientBusy = 406,
     /// An unexpected server fault.
     Internal = 500,
     /// The server is shutting down; reconnect elsewhere.
@@ -90,6 +93,7 @@ impl ErrorCode {
         Self::RoomLimit,
         Self::ConnectionLimit,
         Self::NotAMember,
+        Self::RecipientBusy,
         Self::Internal,
         Self::ShuttingDown,
         Self::IdleTimeout,
@@ -131,6 +135,7 @@ impl ErrorCode {
             Self::RoomLimit => "room-limit",
             Self::ConnectionLimit => "connection-limit",
             Self::NotAMember => "not-a-member",
+            Self::RecipientBusy => "recipient-busy",
             Self::Internal => "internal",
             Self::ShuttingDown => "shutting-down",
             Self::IdleTimeout => "idle-timeout",
@@ -142,7 +147,12 @@ impl ErrorCode {
     pub const fn is_retryable(self) -> bool {
         matches!(
             self,
-            Self::RateLimited | Self::Overloaded | Self::ConnectionLimit | Self::Internal | Self::ShuttingDown
+            Self::RateLimited
+                | Self::Overloaded
+                | Self::ConnectionLimit
+                | Self::RecipientBusy
+                | Self::Internal
+                | Self::ShuttingDown
         )
     }
 
@@ -181,7 +191,7 @@ impl ErrorCode {
             | Self::UnsupportedFeature => 1008,
             Self::FrameTooLarge | Self::EnvelopeTooLarge => 1009,
             Self::Internal => 1011,
-            Self::Overloaded | Self::ConnectionLimit => 1013,
+            Self::Overloaded | Self::ConnectionLimit | Self::RecipientBusy => 1013,
             Self::ShuttingDown => 1001,
             Self::UnsupportedVersion
             | Self::Unauthenticated
@@ -210,7 +220,7 @@ impl ErrorCode {
             Self::SenderMismatch | Self::Forbidden | Self::NotAMember => 0x87,       // Not authorized
             Self::Unauthenticated | Self::InvalidToken | Self::TokenExpired => 0x86, // Bad user name or password
             Self::EnvelopeTooLarge | Self::RateLimited | Self::Overloaded => 0x97,   // Quota exceeded
-            Self::SlowConsumer | Self::RoomLimit => 0x97,                            // Quota exceeded
+            Self::SlowConsumer | Self::RoomLimit | Self::RecipientBusy => 0x97,      // Quota exceeded
             Self::ConnectionLimit => 0x9F,                                           // Connection rate exceeded
             Self::Internal => 0x80,                                                  // Unspecified error
             Self::ShuttingDown => 0x8B,                                              // Server shutting down
@@ -226,7 +236,7 @@ impl ErrorCode {
             Self::EnvelopeTooLarge | Self::FrameTooLarge => 413,
             Self::UnsupportedData => 415,
             Self::RateLimited | Self::ConnectionLimit | Self::RoomLimit | Self::SlowConsumer => 429,
-            Self::Overloaded | Self::ShuttingDown => 503,
+            Self::Overloaded | Self::ShuttingDown | Self::RecipientBusy => 503,
             Self::Internal => 500,
             Self::IdleTimeout | Self::HandshakeTimeout => 408,
             Self::NotAMember => 404,
@@ -265,7 +275,7 @@ mod tests {
             assert_ne!(close, 1006, "1006 must never be sent");
             assert!(c.mqtt_reason() >= 0x80, "{c} maps to a success reason");
         }
-        assert_eq!(ErrorCode::ALL.len(), 25);
+        assert_eq!(ErrorCode::ALL.len(), 26);
         assert_eq!(ErrorCode::from_code(0), None);
         // MQTT 5 §3.4.2.1 and §3.9.3: reason codes a PUBACK or SUBACK may carry.
         const PUBACK: &[u8] = &[0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];

@@ -34,6 +34,23 @@ fn send_env(c: &mut Client, env: &[u8]) -> (EnvelopeId, Outcome) {
 
 /// Receives a delivery, checks it is exactly `env` behind `01 03 00 00`,
 /// and acknowledges it.
+/// Sends an envelope and returns its answer: the outcome of an `accepted`
+/// entry through this send, or the code of an `error` naming this send's
+/// sequence and the envelope's id.
+fn send_answer(c: &mut Client, env: &[u8]) -> Result<Outcome, ErrorCode> {
+    c.send(&Frame::Send { no_answer: false, envelope: env }).expect("send");
+    let frame = recv(c);
+    if frame[1] == 0x05 {
+        let (code, id, _, sequence, reason) = parse_error_sequence(&frame);
+        assert_eq!((id, sequence), (Some(envelope_id(env)), Some(c.sends())), "error names the send: {reason}");
+        return Err(ErrorCode::from_code(code).expect("a known code"));
+    }
+    match parse_accepted(&frame)[..] {
+        [(through, outcome)] if through == c.sends() => Ok(outcome),
+        ref other => panic!("expected one entry through send {}, got {other:?}", c.sends()),
+    }
+}
+
 fn expect_delivery(c: &mut Client, env: &[u8], who: &str) {
     let got = recv(c);
     assert_eq!(got, deliver_frame(env), "{who} did not receive the bytes sent");
@@ -282,12 +299,18 @@ fn slow_consumer_is_disconnected_and_others_are_not_slowed() {
     const N: usize = 200;
     let mut to_sloth = Vec::new();
     let mut delivered_to_sloth = 0;
+    let mut busy = 0;
     for i in 0..N {
         let env = envelope(&alice, &user(&sloth), &payload(i, 200));
-        let (id, outcome) = send_env(&mut a, &env);
-        assert_eq!(id, envelope_id(&env));
-        if outcome == Outcome::Delivered {
-            delivered_to_sloth += 1;
+        // While the sloth is connected, a send it cannot take is refused
+        // as `recipient-busy` (retryable), not answered `recipient-offline`
+        // (which it only is once closed as slow).
+        match send_answer(&mut a, &env) {
+            Ok(Outcome::Delivered) => delivered_to_sloth += 1,
+            Err(ErrorCode::RecipientBusy) => busy += 1,
+            Ok(Outcome::RecipientOffline) if busy > 0 => {}
+            Ok(o) => panic!("send {i} to the connected sloth answered {o:?}"),
+            Err(e) => panic!("send {i} to the connected sloth refused with {e}"),
         }
         to_sloth.push(env);
         // Bob, on the same shard as the sloth, gets everything at once.
@@ -296,6 +319,7 @@ fn slow_consumer_is_disconnected_and_others_are_not_slowed() {
         expect_delivery(&mut b, &env, &bob);
     }
     assert!((1..=32).contains(&delivered_to_sloth), "{delivered_to_sloth} delivered past a 32-frame bound");
+    assert!(busy >= 1, "no send was refused as recipient-busy");
     wait_for("the slow consumer to be disconnected", || s.metric("slow_consumer_disconnects_total") >= 1);
     s.wait_connections(&sloth, 0);
     // What the sloth finds when it finally reads: the deliveries that were
@@ -953,7 +977,10 @@ fn slow_consumer_bounded_by_bytes_is_disconnected() {
     s.wait_connections(&sloth, 1);
     for i in 0..40 {
         let env = envelope(&alice, &user(&sloth), &payload(i, 8192));
-        send_env(&mut a, &env);
+        match send_answer(&mut a, &env) {
+            Ok(Outcome::Delivered | Outcome::RecipientOffline) | Err(ErrorCode::RecipientBusy) => {}
+            other => panic!("send {i}: {other:?}"),
+        }
     }
     wait_for("the byte-bound slow consumer to be disconnected", || s.metric("slow_consumer_disconnects_total") >= 1);
     s.wait_connections(&sloth, 0);

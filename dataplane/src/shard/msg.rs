@@ -6,7 +6,7 @@ use switchboard_protocol::session::Reply;
 use switchboard_protocol::{EnvelopeId, ErrorCode, Outcome};
 
 use super::handoff::Handoff;
-use super::ids::{ConnId, Dest, Member};
+use super::ids::{ConnId, Dest, Member, ShardId};
 
 /// What became of a routed send: its outcome and the live connections it
 /// was written to, or the error that refused it.
@@ -23,14 +23,30 @@ pub(crate) struct Origin {
     pub(crate) id: EnvelopeId,
 }
 
+/// The answer to a send to a user whose connections are on other shards
+/// than the user's owner, and which no connection on the owner took: it
+/// travels with the deliveries, shard after shard, until one connection
+/// takes the envelope (`delivered`) or none is left (`recipient-busy` if
+/// one refused it, `recipient-offline` if all had gone).
+pub(crate) struct UserAnswer {
+    /// The send it answers.
+    pub(crate) from: Origin,
+    /// True if a connection earlier on the way refused the envelope.
+    pub(crate) refused: bool,
+    /// The connections of the later shards, tried in turn (empty unless
+    /// the user is connected on more than two shards).
+    pub(crate) rest: Vec<(ShardId, Vec<ConnId>)>,
+}
+
 /// A message between shards, or from outside into a shard.
 pub(crate) enum Msg {
     /// Deliver to every live connection of `user` (owned by the receiver).
     ToUser { envelope: Bytes, user: Dest, from: Origin, exclude: Option<Member> },
     /// Fan out to the members of `room` (owned by the receiver).
     ToRoom { envelope: Bytes, room: Dest, from: Origin, exclude: Option<Member> },
-    /// Deliver to these connections of the receiver.
-    Deliver { envelope: Bytes, conns: Vec<ConnId> },
+    /// Deliver to these connections of the receiver; with `answer`, the
+    /// receiver also owes the sender its answer (see [`UserAnswer`]).
+    Deliver { envelope: Bytes, conns: Vec<ConnId>, answer: Option<UserAnswer> },
     /// Add a member to a room owned by the receiver.
     Join { room: Box<str>, member: Member, request_id: u32 },
     /// Remove a member; `request_id` is `None` when its connection closed.

@@ -8,10 +8,40 @@ use switchboard_protocol::{Destination, ErrorCode, Outcome};
 
 use super::conn::HttpAnswer;
 use super::ids::{ConnId, Dest, Member, ShardId};
-use super::msg::{Msg, Origin, SendResult};
+use super::msg::{Msg, Origin, SendResult, UserAnswer};
 use super::presence::group_by_shard;
 use super::write::Out;
 use super::{Protocol, RouteKind, Shard};
+
+/// What became of one delivery to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Queued for the connection.
+    Queued,
+    /// The connection is over its outbound bound (slow).
+    Refused,
+    /// The connection is gone or closing.
+    Gone,
+}
+
+/// What the connections of one shard did with an envelope.
+#[derive(Debug, Clone, Copy, Default)]
+struct Taken {
+    /// Connections that queued it.
+    queued: u32,
+    /// True if a connection refused it.
+    refused: bool,
+}
+
+impl Taken {
+    fn add(&mut self, d: Delivery) {
+        match d {
+            Delivery::Queued => self.queued += 1,
+            Delivery::Refused => self.refused = true,
+            Delivery::Gone => {}
+        }
+    }
+}
 
 /// A routed envelope's destination: its owner shard and its place.
 #[derive(Debug, Clone, Copy)]
@@ -28,10 +58,7 @@ impl Shard {
         match msg {
             Msg::ToUser { envelope, user, from, exclude } => {
                 let user = user.name(&envelope);
-                let n = self.deliver_to_user(user, &envelope, exclude);
-                let outcome = if n > 0 { Outcome::Delivered } else { Outcome::RecipientOffline };
-                self.metrics.routed(RouteKind::User, outcome);
-                self.answer_send(from, Ok((outcome, n)));
+                self.deliver_to_user(user, &envelope, from, exclude);
             }
             Msg::ToRoom { envelope, room, from, exclude } => {
                 let room = room.name(&envelope);
@@ -45,14 +72,20 @@ impl Shard {
                     groups.iter().map(|(_, v)| v.len() as u32).sum()
                 };
                 for (shard, conns) in groups {
-                    self.send_reliable(shard, Msg::Deliver { envelope: envelope.clone(), conns });
+                    self.send_reliable(shard, Msg::Deliver { envelope: envelope.clone(), conns, answer: None });
                 }
                 self.metrics.routed(RouteKind::Room, Outcome::Delivered);
                 self.answer_send(from, Ok((Outcome::Delivered, recipients)));
             }
-            Msg::Deliver { envelope, conns } => {
-                let n: u64 = conns.into_iter().map(|c| u64::from(self.deliver_one(c, &envelope))).sum();
-                self.metrics.delivered.add(n);
+            Msg::Deliver { envelope, conns, answer } => {
+                let mut taken = Taken::default();
+                for c in conns {
+                    taken.add(self.deliver_one(c, &envelope));
+                }
+                self.metrics.delivered.add(u64::from(taken.queued));
+                if let Some(answer) = answer {
+                    self.answer_user_send(&envelope, taken, answer);
+                }
             }
             Msg::Join { room, member, request_id } => {
                 self.rooms.borrow_mut().join(&room, member);
@@ -100,30 +133,33 @@ impl Shard {
         }
     }
 
-    /// Queues an envelope for a connection of this shard; false if it is
-    /// closing or over its queue bound (it then counts as slow).
-    fn deliver_one(&self, id: ConnId, envelope: &Bytes) -> bool {
+    /// Queues an envelope for a connection of this shard, unless it is
+    /// gone, closing or over its queue bound (it then counts as slow).
+    fn deliver_one(&self, id: ConnId, envelope: &Bytes) -> Delivery {
         let config = &self.shared.session;
         let now = self.now();
         self.with_conn(id, |c| {
             if c.is_closing() {
-                return false;
+                return Delivery::Gone;
             }
             if !c.session.admit_delivery(config, envelope.len(), c.tx.out.len(), c.tx.out.bytes(), now) {
                 self.metrics.queue_overflow.inc();
-                return false;
+                return Delivery::Refused;
             }
             c.tx.out.push(Out::Deliver { envelope: envelope.clone(), redelivery: false });
             c.wake_writer();
-            true
+            Delivery::Queued
         })
-        .unwrap_or(false)
+        .unwrap_or(Delivery::Gone)
     }
 
     /// Delivers to every live connection of a user owned by this shard:
-    /// those on this shard at once, the others through their shards.
-    fn deliver_to_user(&self, user: &str, envelope: &Bytes, exclude: Option<Member>) -> u32 {
-        let mut n = 0;
+    /// those on this shard at once, the others through their shards, and
+    /// answers the sender with what happened. If no connection here took
+    /// the envelope, the answer travels with the deliveries to the other
+    /// shards (one message per shard either way, see [`UserAnswer`]).
+    fn deliver_to_user(&self, user: &str, envelope: &Bytes, from: Origin, exclude: Option<Member>) {
+        let mut taken = Taken::default();
         let mut remote = Vec::new();
         {
             // `deliver_one` borrows the connection table, not the presence
@@ -135,21 +171,46 @@ impl Shard {
                 }
                 if m.shard != self.id {
                     remote.push(m);
-                } else if self.deliver_one(m.conn, envelope) {
-                    n += 1;
+                } else {
+                    taken.add(self.deliver_one(m.conn, envelope));
                 }
             }
         }
-        self.metrics.delivered.add(u64::from(n));
-        if !remote.is_empty() {
-            let mut groups = Vec::new();
-            group_by_shard(&remote, &mut groups);
-            for (shard, conns) in groups {
-                n += conns.len() as u32;
-                self.send_reliable(shard, Msg::Deliver { envelope: envelope.clone(), conns });
+        self.metrics.delivered.add(u64::from(taken.queued));
+        let mut rest = Vec::new();
+        group_by_shard(&remote, &mut rest);
+        self.answer_user_send(envelope, taken, UserAnswer { from, refused: false, rest });
+    }
+
+    /// Answers a send to a user once this shard tried its connections
+    /// (`taken`): delivered if one took it (the envelope then goes on to
+    /// the rest without an answer), else the answer goes on with it to the
+    /// next shard, or, at the end of the way, busy or offline.
+    fn answer_user_send(&self, envelope: &Bytes, taken: Taken, answer: UserAnswer) {
+        let UserAnswer { from, refused, rest } = answer;
+        let refused = refused || taken.refused;
+        if taken.queued > 0 {
+            let handed: u32 = rest.iter().map(|(_, c)| c.len() as u32).sum();
+            self.metrics.routed(RouteKind::User, Outcome::Delivered);
+            self.answer_send(from, Ok((Outcome::Delivered, taken.queued + handed)));
+            for (shard, conns) in rest {
+                self.send_reliable(shard, Msg::Deliver { envelope: envelope.clone(), conns, answer: None });
             }
+            return;
         }
-        n
+        let mut rest = rest.into_iter();
+        if let Some((shard, conns)) = rest.next() {
+            let answer = UserAnswer { from, refused, rest: rest.collect() };
+            self.send_reliable(shard, Msg::Deliver { envelope: envelope.clone(), conns, answer: Some(answer) });
+        } else if refused {
+            self.answer_send(
+                from,
+                Err((ErrorCode::RecipientBusy, "every connection of the recipient is over its queue bound")),
+            );
+        } else {
+            self.metrics.routed(RouteKind::User, Outcome::RecipientOffline);
+            self.answer_send(from, Ok((Outcome::RecipientOffline, 0)));
+        }
     }
 
     /// Queues an answer for a connection of this shard.
