@@ -26,6 +26,11 @@ pub const MAX_REASON_LEN: usize = 256;
 /// vector, entry).
 pub const MAX_ENVELOPE_DEPTH: usize = 4;
 
+/// Apparent-size allowance over the envelope length for the root table.
+pub const APPARENT_SIZE_SLACK: usize = 64;
+/// Apparent-size allowance over the envelope length per metadata entry.
+pub const APPARENT_SIZE_SLACK_PER_ENTRY: usize = 32;
+
 /// Limits applied when decoding envelopes and frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -41,6 +46,19 @@ impl Limits {
     pub const fn with_max_envelope_len(mut self, len: usize) -> Self {
         self.max_envelope_len = if len > MAX_ENVELOPE_LEN_CEILING { MAX_ENVELOPE_LEN_CEILING } else { len };
         self
+    }
+
+    /// The apparent-size bound of FlatBuffers verification: the envelope
+    /// length plus room for what the verifier counts twice in an envelope
+    /// without shared objects (each table's vtable length and slots, a
+    /// vtable shared by the metadata entries once per entry, each entry's
+    /// offset), so that every well-formed envelope up to `max_envelope_len`
+    /// bytes verifies, while a buffer whose shared objects are reached
+    /// again and again still fails.
+    pub const fn max_apparent_size(&self) -> usize {
+        self.max_envelope_len
+            .saturating_add(APPARENT_SIZE_SLACK)
+            .saturating_add(APPARENT_SIZE_SLACK_PER_ENTRY.saturating_mul(self.max_metadata_entries))
     }
 
     /// The largest frame that can carry an envelope under these limits.

@@ -21,7 +21,7 @@ impl<'a> Envelope<'a> {
             // The root table plus one table per metadata entry; a buffer
             // with more fails verification before it is walked further.
             max_tables: limits.max_metadata_entries.saturating_add(1),
-            max_apparent_size: limits.max_envelope_len,
+            max_apparent_size: limits.max_apparent_size(),
             ignore_missing_null_terminator: false,
         };
         let table = fb::root_as_secure_envelope_with_opts(&opts, bytes).map_err(EnvelopeError::Invalid)?;

@@ -2,7 +2,8 @@
 //! over the buffer that accepts exactly the buffers the `flatbuffers` crate's
 //! generic verifier accepts for this schema with the options of
 //! [`Envelope::parse_generic`] (depth 4, 1 + `max_metadata_entries` tables,
-//! apparent size at most `max_envelope_len`, NUL terminators required), and
+//! apparent size at most [`Limits::max_apparent_size`], NUL terminators
+//! required), and
 //! returns the fields it located.
 //!
 //! It owns the layout rules only: positions, offsets, alignment, bounds,
@@ -36,7 +37,7 @@
 //!   within `MAX_ENVELOPE_DEPTH` (checked at compile time).
 //! - Apparent size: the sum of the sizes of every range the generic verifier
 //!   checks, counted again each time shared bytes are reached again, at most
-//!   `max_envelope_len`. Counted exactly as it counts: 4 for each `u32` read,
+//!   [`Limits::max_apparent_size`]. Counted exactly as it counts: 4 for each `u32` read,
 //!   2 for the vtable length, the vtable's length, 2 for each vtable slot
 //!   read, 32 for the header, the bytes of each string and vector (for the
 //!   metadata vector its 4-byte entry offsets, which are then counted again
@@ -58,7 +59,7 @@ const _: () = assert!(MAX_ENVELOPE_DEPTH >= 2, "the envelope verifier needs a de
 /// Verifies the layout of `bytes` (already known to be 8..=`max_envelope_len`
 /// bytes with the `SBv1` identifier) and locates its fields.
 pub(super) fn verify<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Envelope<'a>, EnvelopeError> {
-    let mut walk = Walk { buf: bytes, apparent: 0, max_apparent: limits.max_envelope_len };
+    let mut walk = Walk { buf: bytes, apparent: 0, max_apparent: limits.max_apparent_size() };
     let root = walk.forward(0, "root offset")?;
     // One table so far, within 1 + max_metadata_entries; depth 1.
     let table = walk.table(root, ENVELOPE_FIELDS, "root table")?;

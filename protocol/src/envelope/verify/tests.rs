@@ -439,3 +439,42 @@ proptest! {
         prop_assert!(verdict.is_ok(), "{verdict:?}\n{bytes:?}");
     }
 }
+
+#[test]
+fn every_envelope_up_to_the_maximum_length_verifies() {
+    // The apparent size of an envelope without shared objects exceeds its
+    // length (vtable lengths and slots, the metadata entries' shared
+    // vtable and their offsets are counted twice): a 65,536-byte envelope
+    // whose payload left no padding was refused. Every length up to the
+    // limit, with and without metadata, must pass both verifiers.
+    let mut fbb = FlatBufferBuilder::new();
+    let payload = vec![0xa5; 70_000];
+    for max in [1024, crate::limits::MAX_ENVELOPE_LEN] {
+        let limits = Limits::default().with_max_envelope_len(max);
+        for entries in [0, 1, MAX_METADATA_ENTRIES] {
+            for device in [false, true] {
+                let mut build = |payload_len: usize| {
+                    let b = alice_to("room:lobby").payload(&payload[..payload_len]).content_type("text/plain");
+                    let mut b = KEYS[..entries].iter().fold(b, |b, k| b.metadata(k, "value"));
+                    if device {
+                        b = b.sender_device(DeviceId::parse("phone").unwrap());
+                    }
+                    b.build_into(&mut fbb).to_vec()
+                };
+                // The payload grows the envelope byte for byte (plus
+                // padding): start 64 bytes below the limit.
+                let empty = build(0).len();
+                let mut at_limit = 0;
+                for payload_len in (max - empty).saturating_sub(64).. {
+                    let bytes = build(payload_len);
+                    if bytes.len() > max {
+                        break;
+                    }
+                    accepted(&bytes, &limits);
+                    at_limit += usize::from(bytes.len() == max);
+                }
+                assert!(at_limit > 0, "no envelope of exactly {max} bytes ({entries} entries, device {device})");
+            }
+        }
+    }
+}
