@@ -6,9 +6,7 @@
 //! No clock is read here: the caller passes `now` (Unix seconds). No error
 //! carries the token.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -18,6 +16,7 @@ use jsonwebtoken::errors::ErrorKind;
 use lru::LruCache;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use sha2::{Digest, Sha256};
 use switchboard_protocol::{DeviceId, ErrorCode, IdError, UserId};
 
 use super::keys::{KeySet, SelectError};
@@ -151,15 +150,14 @@ impl fmt::Debug for Verifier {
 }
 
 /// One shard's verifier: a [`Verifier`] plus a bounded LRU cache of the
-/// tokens it verified, keyed by a keyed 128-bit hash of the token (the
-/// token itself is not stored). Owned by one shard; every method takes
-/// `&mut self`, so no lock is involved.
+/// tokens it verified, keyed by the token's SHA-256 digest (the token
+/// itself is not stored; a forged token that hits a cached entry would be
+/// a SHA-256 collision). Owned by one shard; every method takes `&mut
+/// self`, so no lock is involved.
 pub struct ShardVerifier {
     verifier: Verifier,
     /// `None` when `cache_size` is 0.
-    cache: Option<LruCache<u128, CacheEntry>>,
-    /// Random per shard, so cache keys cannot be predicted.
-    hasher: RandomState,
+    cache: Option<LruCache<[u8; 32], CacheEntry>>,
 }
 
 struct CacheEntry {
@@ -171,7 +169,7 @@ impl ShardVerifier {
     /// A shard's verifier with an empty cache of the configured size.
     pub fn new(verifier: Verifier) -> Self {
         let cache = NonZeroUsize::new(verifier.inner.cache_size).map(LruCache::new);
-        Self { verifier, cache, hasher: RandomState::new() }
+        Self { verifier, cache }
     }
 
     /// Verifies `token` at `now_unix_secs`. A token verified before is
@@ -182,7 +180,7 @@ impl ShardVerifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let key = self.cache_key(token);
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let leeway = self.verifier.inner.leeway_secs;
         if let Some(cache) = &mut self.cache
             && let Some(hit) = cache.get(&key)
@@ -234,15 +232,6 @@ impl ShardVerifier {
         if let Some(cache) = &mut self.cache {
             cache.clear();
         }
-    }
-
-    /// Two hashes of the token under one random key, with different
-    /// prefixes: a 128-bit keyed digest, so a forged token colliding with a
-    /// cached one is out of reach.
-    fn cache_key(&self, token: &str) -> u128 {
-        let hi = self.hasher.hash_one((0u8, token));
-        let lo = self.hasher.hash_one((1u8, token));
-        (u128::from(hi) << 64) | u128::from(lo)
     }
 }
 
