@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use switchboard_protocol::{ErrorCode, UserId};
 
@@ -78,7 +78,7 @@ fn json_error(status: u16, code: ErrorCode, reason: &str) -> Vec<u8> {
 }
 
 fn presence(head: &http::RequestHead, shared: &Shared, user: &str) -> Vec<u8> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = crate::auth::unix_now();
     let identity = match head.bearer_token() {
         Ok(Some(t)) => shared.verifier.verify(t.jwt(), now),
         _ => return http::error_response(ErrorCode::Unauthenticated, "admin token required", false),

@@ -208,6 +208,8 @@ pub struct Session {
     pinged: bool,
     /// Since when deliveries have been refused for the outbound bound.
     slow_since: Option<Instant>,
+    /// When the credentials that opened the session stop being valid.
+    expires: Option<Instant>,
     closing: bool,
 }
 
@@ -222,8 +224,15 @@ impl Session {
             last_seen: now,
             pinged: false,
             slow_since: None,
+            expires: None,
             closing: false,
         }
+    }
+
+    /// Closes the session with `token-expired` at the first timeout check
+    /// at or after `at` (the end of its token's validity).
+    pub fn expire_at(&mut self, at: Instant) {
+        self.expires = Some(at);
     }
 
     /// True once a fatal error closed the session: frames after it must not
@@ -463,6 +472,9 @@ impl Session {
         queued: usize,
         queued_bytes: usize,
     ) -> Timeout {
+        if self.expires.is_some_and(|at| now >= at) {
+            return Timeout::Close(ErrorCode::TokenExpired, "token expired");
+        }
         if let Some(since) = self.slow_since {
             // Cleared only once the backlog fell to half the bound, so a
             // queue that stays just under the bound (refusing every

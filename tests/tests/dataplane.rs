@@ -1014,3 +1014,46 @@ fn json_send_errors_use_the_documented_codes() {
     let r = post(br#"{"to":"user:bob","payload":"aGk="}"#);
     assert_eq!((r.status, r.json()["outcome"].as_str()), (202, Some("recipient-offline")), "{r:?}");
 }
+
+#[test]
+fn connections_close_when_their_token_expires() {
+    // `exp` two seconds ahead, no leeway: the connection is accepted, works,
+    // and is closed with token-expired (4302) once `exp` passes, although
+    // it keeps sending; a connection of a later token is unaffected.
+    let s = Server::builder().config("[auth]\nleeway_secs = 0\n").start();
+    let alice = s.user_on_shard("alice", 0);
+    let bob = s.user_on_shard("bob", 1);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let short = s.token_with(serde_json::json!({ "sub": alice, "exp": now + 2 }));
+    let mut a = Ws::connect(&s.url(), &[("Authorization", &format!("Bearer {short}"))]).expect("connects before exp");
+    let mut b = s.client(&bob);
+    s.wait_connections(&bob, 1);
+    let start = Instant::now();
+    let mut sent = 0;
+    let (code, frames) = loop {
+        let env = envelope(&alice, &user(&bob), &payload(sent, 16));
+        a.send(&send_frame(&env));
+        match a.read() {
+            WsEvent::Frame(f) if f[1] == 0x02 => {
+                expect_delivery(&mut b, &env, &bob);
+                sent += 1;
+            }
+            WsEvent::Frame(f) => {
+                let (code, mut rest) = a.close_code();
+                rest.insert(0, f);
+                break (code, rest);
+            }
+            WsEvent::Close(code, _) => break (code, Vec::new()),
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(8), "still open 8 s after a 2 s token");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(sent > 0, "the connection worked before exp");
+    assert_eq!(code, ErrorCode::TokenExpired.close_code());
+    assert_eq!(frames.len(), 1, "the error frame before the close: {frames:02x?}");
+    assert_eq!(parse_error(&frames[0]).0, ErrorCode::TokenExpired.code());
+    s.wait_connections(&alice, 0);
+    let env = envelope(&bob, &user(&alice), b"to no one");
+    assert_eq!(send_env(&mut b, &env).1, Outcome::RecipientOffline);
+}

@@ -65,6 +65,10 @@ pub struct AuthConfig {
     /// Verified tokens each shard caches (default [`DEFAULT_CACHE_SIZE`]);
     /// 0 disables the cache.
     pub cache_size: usize,
+    /// Close a connection with `token-expired` when its token's `exp`
+    /// (plus the leeway) passes (default true); false keeps connections
+    /// open past it (a token is then only checked when connecting).
+    pub close_at_expiry: bool,
     /// Verification keys, selected by the token's `kid`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyConfig>,
@@ -83,6 +87,7 @@ impl Default for AuthConfig {
             audience: "switchboard".into(),
             leeway_secs: DEFAULT_LEEWAY_SECS,
             cache_size: DEFAULT_CACHE_SIZE,
+            close_at_expiry: true,
             keys: Vec::new(),
             jwks_file: None,
         }
@@ -252,6 +257,12 @@ pub fn issue_hs256(req: &TokenRequest<'_>, secret: &[u8], now: SystemTime) -> Re
     };
     let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))?;
     Ok(token)
+}
+
+/// The wall clock in Unix seconds, as token claims count time (0 before
+/// 1970).
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -84,10 +85,12 @@ impl Verifier {
         self.inner.leeway_secs
     }
 
-    /// Whether `identity` has expired at `now_unix_secs`, with this
-    /// verifier's leeway (for closing established connections).
-    pub fn is_expired(&self, identity: &Identity, now_unix_secs: u64) -> bool {
-        identity.is_expired(now_unix_secs, self.inner.leeway_secs)
+    /// How long a connection authenticated by `identity` may stay open
+    /// from `now_unix_secs`: until its `exp` plus the leeway, or `None`
+    /// when `auth.close_at_expiry` is off.
+    pub fn time_left(&self, identity: &Identity, now_unix_secs: u64) -> Option<Duration> {
+        let end = identity.expires_at.saturating_add(self.inner.leeway_secs);
+        self.inner.config.close_at_expiry.then(|| Duration::from_secs(end.saturating_sub(now_unix_secs)))
     }
 
     /// The configured key ids, sorted (`"dev"` is the development secret).

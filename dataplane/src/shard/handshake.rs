@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -207,10 +207,6 @@ async fn read_head(mut io: Io) -> HeadResult {
     }
 }
 
-fn now_unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Verifies the request's bearer token with the shard's cached verifier.
 fn authenticate(shard: &Shard, head: &RequestHead) -> Result<Arc<Identity>, (ErrorCode, String)> {
     let token = match head.bearer_token() {
@@ -218,7 +214,7 @@ fn authenticate(shard: &Shard, head: &RequestHead) -> Result<Arc<Identity>, (Err
         Ok(None) => return Err((ErrorCode::Unauthenticated, "no token: use Authorization: Bearer".into())),
         Err(e) => return Err((ErrorCode::InvalidToken, e.to_string())),
     };
-    shard.tokens.borrow_mut().verify(token.jwt(), now_unix_secs()).map_err(|e| {
+    shard.tokens.borrow_mut().verify(token.jwt(), crate::auth::unix_now()).map_err(|e| {
         if shard.log_limiter.allow() {
             tracing::info!(code = e.code().name(), reason = %e, "token refused");
         }

@@ -162,7 +162,11 @@ impl Shard {
     /// Registers a connection of `identity.user` on this shard; a
     /// WebSocket connection can receive from now on.
     pub(crate) fn register(&self, identity: Arc<Identity>, protocol: Protocol, peer: std::net::SocketAddr) -> ConnId {
-        let session = Session::new(&self.shared.session, Instant::now());
+        let now = Instant::now();
+        let mut session = Session::new(&self.shared.session, now);
+        if let Some(left) = self.tokens.borrow().verifier().time_left(&identity, crate::auth::unix_now()) {
+            session.expire_at(now + left);
+        }
         let conn = Conn::new(identity, protocol, peer, session);
         let mut conns = self.conns.borrow_mut();
         let entry = conns.vacant_entry();

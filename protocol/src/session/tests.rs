@@ -768,6 +768,15 @@ fn activity_resets_the_idle_timers() {
     assert!(matches!(c.timeout(heard + IDLE_MS, 0, 0), Timeout::Close(ErrorCode::IdleTimeout, _)));
 }
 
+#[test]
+fn a_session_closes_when_its_token_expires_however_busy() {
+    let mut c = Conn::new();
+    c.session.expire_at(c.at(10_000));
+    assert_eq!(c.timeout(9_999, 0, 0), Timeout::None);
+    c.session.handle_activity(c.at(9_999));
+    assert_eq!(c.timeout(10_000, 0, 0), Timeout::Close(ErrorCode::TokenExpired, "token expired"));
+}
+
 // Send rate.
 
 #[test]
