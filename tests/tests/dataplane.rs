@@ -1057,3 +1057,50 @@ fn connections_close_when_their_token_expires() {
     let env = envelope(&bob, &user(&alice), b"to no one");
     assert_eq!(send_env(&mut b, &env).1, Outcome::RecipientOffline);
 }
+
+#[test]
+fn http_sends_racing_the_timeout_leave_nothing_behind() {
+    // Bodies that complete around `handshake_timeout_ms`: some are read in
+    // time and answered 202, some are cut off, and some are registered and
+    // routed just before the timeout fires while their answer crosses the
+    // shard mesh. None may leave a registration behind: the connections
+    // gauge returns to 0 and SIGTERM does not wait out its grace period.
+    const TIMEOUT_MS: u64 = 300;
+    let grace = Duration::from_secs(5);
+    let config =
+        format!("[limits]\nhandshake_timeout_ms = {TIMEOUT_MS}\n[server]\nshutdown_grace_ms = {}\n", grace.as_millis());
+    let mut s = Server::builder().config(&config).start();
+    let alice = s.user_on_shard("alice", 0);
+    let bob = s.user_on_shard("bob", 1);
+    let token = s.token(&alice);
+    let addr = s.addr();
+    let threads: Vec<_> = (0..120u64)
+        .map(|i| {
+            let env = envelope(&alice, &user(&bob), &payload(i as usize, 32));
+            let head = format!(
+                "POST /send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                env.len()
+            );
+            std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(WAIT)).unwrap();
+                c.set_nodelay(true).unwrap();
+                std::io::Write::write_all(&mut c, head.as_bytes()).unwrap();
+                // From 6 ms before the timeout to 6 ms after, 0.1 ms apart.
+                std::thread::sleep(Duration::from_micros(TIMEOUT_MS * 1000 - 6000 + i * 100));
+                let _ = std::io::Write::write_all(&mut c, &env);
+                let mut resp = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut c, &mut resp);
+                resp.get(9..12).map(|s| String::from_utf8_lossy(s).into_owned())
+            })
+        })
+        .collect();
+    let statuses: Vec<Option<String>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    eprintln!("statuses: {statuses:?}");
+    assert!(statuses.iter().any(|s| s.as_deref() == Some("202")), "some bodies came in time");
+    wait_for("every HTTP send to be unregistered", || s.metric("connections") == 0);
+    let start = Instant::now();
+    let status = s.terminate(grace + Duration::from_secs(2)).expect("server exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(start.elapsed() < grace / 2, "shutdown waited {:?}", start.elapsed());
+}

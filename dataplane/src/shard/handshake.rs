@@ -18,6 +18,7 @@ use switchboard_protocol::{Envelope, ErrorCode};
 use super::admission::ConnPermit;
 use super::conn::HttpAnswer;
 use super::handoff::Handoff;
+use super::ids::ConnId;
 use super::msg::Msg;
 use super::ws_io::{READ_CHUNK, Socket, now_unix_ms, read_append, spawn_websocket};
 use super::{Protocol, Shard};
@@ -170,10 +171,7 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
     let route = (head.method(), head.path());
     match route {
         (http::Method::Get, "/connect") => websocket(shard, io, head, buf, peer, permit).await,
-        (http::Method::Post, "/send") => {
-            let timeout = Duration::from_millis(shard.shared.config.limits.handshake_timeout_ms);
-            let _ = monoio::time::timeout(timeout, http_send(shard, io, head, buf, peer, permit)).await;
-        }
+        (http::Method::Post, "/send") => http_send(shard, io, head, buf, peer, permit).await,
         (http::Method::Get, "/healthz") => {
             let _ = io.write_all(http::response(200, "text/plain", b"ok\n", false)).await;
         }
@@ -282,20 +280,75 @@ async fn websocket(
 }
 
 /// `POST /send`: one envelope per request, answered 202 or with an error.
+/// Reading the body and waiting for the answer together are bounded by
+/// `limits.handshake_timeout_ms`.
 async fn http_send(
     shard: Rc<Shard>,
     mut io: Io,
     head: RequestHead,
-    mut buf: BytesMut,
+    buf: BytesMut,
     peer: SocketAddr,
     _permit: ConnPermit,
 ) {
-    let identity = match authenticate(&shard, &head) {
+    let timeout = Duration::from_millis(shard.shared.config.limits.handshake_timeout_ms);
+    let deadline = Instant::now() + timeout;
+    let read = monoio::time::timeout(timeout, http_send_body(&shard, &mut io, head, buf));
+    let Ok(Some((identity, envelope))) = read.await else {
+        return;
+    };
+    let env_id = Envelope::parse(&envelope, &shard.shared.session.limits).map(|e| e.id()).unwrap_or_default();
+    // Registered for as long as the answer is awaited; unregistered on every
+    // way out, the timeout's included.
+    let conn = Registration { id: shard.register(identity, Protocol::Http, peer), shard: &shard };
+    let id = conn.id;
+    let now = Instant::now();
+    shard.set_now(now);
+    shard.on_envelope(id, envelope, false, now, now_unix_ms());
+    shard.flush_answers(id);
+    shard.flush_dirty();
+    let answer = poll_fn(|cx| shard.poll_http_answer(id, cx.waker()));
+    let answer = monoio::time::timeout(deadline.saturating_duration_since(Instant::now()), answer).await;
+    drop(conn);
+    let response = match answer {
+        Ok(Some(HttpAnswer::Accepted { outcome, recipients })) => {
+            http::accepted_response(env_id, outcome, recipients, false)
+        }
+        Ok(Some(HttpAnswer::Error { code, reason })) => http::error_response(code, reason, false),
+        Ok(None) => http::error_response(ErrorCode::Internal, "no answer", false),
+        Err(_) => {
+            let reason = "no answer in time; it may have been routed: resend it with the same id";
+            http::error_response(ErrorCode::Overloaded, reason, false)
+        }
+    };
+    let _ = io.write_all(response).await;
+}
+
+/// A connection registered on a shard, unregistered when dropped.
+struct Registration<'a> {
+    shard: &'a Shard,
+    id: ConnId,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.shard.unregister(self.id);
+    }
+}
+
+/// Authenticates a `POST /send` and reads its body into an envelope;
+/// answers a failure itself (`None`).
+async fn http_send_body(
+    shard: &Shard,
+    io: &mut Io,
+    head: RequestHead,
+    mut buf: BytesMut,
+) -> Option<(Arc<Identity>, Bytes)> {
+    let identity = match authenticate(shard, &head) {
         Ok(id) => id,
         Err((code, reason)) => {
             shard.metrics.handshake_failures.inc();
             let _ = io.write_all(http::error_response(code, &reason, false)).await;
-            return;
+            return None;
         }
     };
     let max_env = shard.shared.config.limits.max_envelope_bytes;
@@ -304,14 +357,14 @@ async fn http_send(
     let max_body = if json { max_env / 3 * 4 + 8192 } else { max_env };
     let Some(len) = head.content_length() else {
         let _ = io.write_all(http::error_response(ErrorCode::MalformedFrame, "Content-Length required", false)).await;
-        return;
+        return None;
     };
     if len as usize > max_body {
         let _ = io.write_all(http::error_response(ErrorCode::EnvelopeTooLarge, "body too large", false)).await;
-        return;
+        return None;
     }
     if head.expect_continue() && io.write_all(http::CONTINUE_RESPONSE.to_vec()).await.is_err() {
-        return;
+        return None;
     }
     let len = len as usize;
     while buf.len() < len {
@@ -319,7 +372,7 @@ async fn http_send(
         let (res, b) = io.read_into(buf).await;
         buf = b;
         match res {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
     }
@@ -330,32 +383,16 @@ async fn http_send(
             Ok(e) if e.len() > max_env => {
                 let reason = "envelope larger than limits.max_envelope_bytes";
                 let _ = io.write_all(http::error_response(ErrorCode::EnvelopeTooLarge, reason, false)).await;
-                return;
+                return None;
             }
             Ok(e) => Bytes::from(e),
             Err((code, reason)) => {
                 let _ = io.write_all(http::error_response(code, &reason, false)).await;
-                return;
+                return None;
             }
         }
     } else {
         body
     };
-    let env_id = Envelope::parse(&envelope, &shard.shared.session.limits).map(|e| e.id()).unwrap_or_default();
-    let id = shard.register(identity, Protocol::Http, peer);
-    let now = Instant::now();
-    shard.set_now(now);
-    shard.on_envelope(id, envelope, false, now, now_unix_ms());
-    shard.flush_answers(id);
-    shard.flush_dirty();
-    let answer = poll_fn(|cx| shard.poll_http_answer(id, cx.waker())).await;
-    shard.unregister(id);
-    let response = match answer {
-        Some(HttpAnswer::Accepted { outcome, recipients }) => {
-            http::accepted_response(env_id, outcome, recipients, false)
-        }
-        Some(HttpAnswer::Error { code, reason }) => http::error_response(code, reason, false),
-        None => http::error_response(ErrorCode::Internal, "no answer", false),
-    };
-    let _ = io.write_all(response).await;
+    Some((identity, envelope))
 }
