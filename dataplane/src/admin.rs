@@ -8,12 +8,12 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switchboard_protocol::{ErrorCode, UserId};
 
 use crate::frontend::http::{self, Method};
-use crate::shard::{Command, Msg, Shared};
+use crate::shard::{Command, Fault, Msg, ShardId, Shared};
 
 /// Starts the admin server on its own thread.
 pub(crate) fn spawn(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
@@ -49,15 +49,25 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.write_all(&response)
 }
 
+/// A shard whose tick (every 250 ms) has not run for this long is stalled.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
+
 fn route(head: &http::RequestHead, shared: &Shared) -> Vec<u8> {
+    if head.method() == Method::Post && head.path() == "/debug/fault" && fault_injection() {
+        return fault(head, shared);
+    }
     if head.method() != Method::Get {
         return json_error(405, ErrorCode::Forbidden, "only GET");
     }
     match head.path() {
         "/healthz" => http::response(200, "text/plain", b"ok\n", false),
         "/readyz" => {
+            let stalled = shared.stalled_shards(Instant::now(), STALLED_AFTER);
             if shared.shutting_down.load(Ordering::Relaxed) {
                 http::response(503, "text/plain", b"shutting down\n", false)
+            } else if !stalled.is_empty() {
+                let body = format!("shards not running: {stalled:?}\n");
+                http::response(503, "text/plain", body.as_bytes(), false)
             } else {
                 http::response(200, "text/plain", b"ready\n", false)
             }
@@ -108,5 +118,40 @@ fn presence(head: &http::RequestHead, shared: &Shared, user: &str) -> Vec<u8> {
             http::response(200, "application/json", body.to_string().as_bytes(), false)
         }
         Err(_) => http::error_response(ErrorCode::Internal, "shard did not answer", false),
+    }
+}
+
+/// Fault injection for the fault tests: only in debug builds, and only with
+/// `SWITCHBOARD_FAULT_INJECTION=1` in the environment.
+fn fault_injection() -> bool {
+    cfg!(debug_assertions) && std::env::var_os("SWITCHBOARD_FAULT_INJECTION").is_some_and(|v| v == "1")
+}
+
+/// `POST /debug/fault?shard=N&kind=panic|stall[&ms=M]`: injects a fault into
+/// shard N (see [`Fault`]).
+fn fault(head: &http::RequestHead, shared: &Shared) -> Vec<u8> {
+    let mut shard = None;
+    let mut kind = None;
+    let mut ms = 1000;
+    for pair in head.query().unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("shard", v)) => shard = v.parse::<u16>().ok(),
+            Some(("kind", v)) => kind = Some(v),
+            Some(("ms", v)) => ms = v.parse().unwrap_or(ms),
+            _ => {}
+        }
+    }
+    let fault = match kind {
+        Some("panic") => Fault::Panic,
+        Some("stall") => Fault::Stall(Duration::from_millis(ms)),
+        _ => return json_error(400, ErrorCode::MalformedFrame, "kind must be panic or stall"),
+    };
+    let Some(shard) = shard.filter(|s| usize::from(*s) < shared.mesh.shards()) else {
+        return json_error(400, ErrorCode::MalformedFrame, "no such shard");
+    };
+    tracing::warn!(shard, ?fault, "injecting a fault");
+    match shared.mesh.send(shared.mesh.outside(), ShardId(shard), Msg::Command(Command::Fault(fault))) {
+        Ok(()) => http::response(202, "text/plain", b"injected\n", false),
+        Err(_) => json_error(503, ErrorCode::Overloaded, "shard busy"),
     }
 }

@@ -23,6 +23,7 @@ use crate::shard::{Command, Msg, Shard, ShardId, Shared, handshake, ws_io};
 /// Runs the server until a termination signal.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    exit_on_panic();
     let shards = config.shard_count();
     let dev_secret = config.jwt_secret()?;
     let verifier = Verifier::from_config(&config.auth, Some(&dev_secret)).context("auth configuration")?;
@@ -103,6 +104,22 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A panic anywhere (a shard, the admin thread) is a bug that leaves the
+/// server partly down: a shard's connections, rooms and hand-offs would
+/// hang while the process and its other shards looked healthy. So the
+/// process logs it and exits with status 70 (EX_SOFTWARE), for the
+/// supervisor to restart it and the clients to reconnect.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        tracing::error!(thread, panic = %info, "thread panicked; exiting with status 70");
+        default(info);
+        std::process::exit(70);
+    }));
 }
 
 /// Sends a command to a shard from outside, waiting while its lane is full.
@@ -197,6 +214,7 @@ async fn shard_main(shared: Arc<Shared>, id: ShardId, listener: std::net::TcpLis
         }
     };
     let shard = Shard::new(id, shared.clone());
+    shared.alive(id, std::time::Instant::now());
     let uring = !monoio::utils::is_legacy();
     shard.metrics.uring.set(u64::from(uring));
     tracing::info!(driver = if uring { "io_uring" } else { "epoll" }, "shard started");

@@ -110,6 +110,7 @@ pub fn io_driver() -> String {
 pub struct ServerBuilder {
     shards: usize,
     config: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl ServerBuilder {
@@ -123,6 +124,12 @@ impl ServerBuilder {
     /// (small limits, short timeouts).
     pub fn config(mut self, toml: &str) -> Self {
         self.config = Some(toml.to_owned());
+        self
+    }
+
+    /// An environment variable for the server process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -151,7 +158,7 @@ pub struct Server {
 impl Server {
     /// Options, defaulting to 2 shards and no config file.
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { shards: 2, config: None }
+        ServerBuilder { shards: 2, config: None, env: Vec::new() }
     }
 
     /// Starts a server with the defaults (2 shards).
@@ -192,6 +199,7 @@ impl Server {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -305,6 +313,34 @@ impl Server {
     pub fn owner(&self, user: &str) -> usize {
         let seed = switchboard::config::Config::default().server.placement_seed;
         Owners::new(self.shards, seed).user(user).index()
+    }
+
+    /// The first room name `<prefix>-<i>` owned by `shard`.
+    pub fn room_on_shard(&self, prefix: &str, shard: usize) -> String {
+        let seed = switchboard::config::Config::default().server.placement_seed;
+        let owners = Owners::new(self.shards, seed);
+        (0..10_000)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|r| owners.room(r).index() == shard)
+            .expect("some name lands on every shard")
+    }
+
+    /// `POST <path>` on the admin port with an empty body.
+    pub fn admin_post(&self, path: &str) -> HttpResponse {
+        let req = format!("POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        http_request(self.admin, req.as_bytes())
+    }
+
+    /// Waits up to `deadline` for the process to exit by itself.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + deadline;
+        while self.exited.is_none() && Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.exited = Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10)); // polling an exit status
+        }
+        self.exited
     }
 
     /// The first name `<prefix>-<i>` owned by `shard`.
@@ -792,4 +828,29 @@ pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&key);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
     out
+}
+
+/// The next frame a client receives; fails on close or timeout.
+pub fn recv(c: &mut switchboard::client::Client) -> Vec<u8> {
+    c.recv().expect("receive a frame").expect("connection still open")
+}
+
+/// Sends an envelope and returns its answer: the outcome of an `accepted`
+/// entry through this send, or the code of an `error` naming this send's
+/// sequence and the envelope's id.
+pub fn send_answer(
+    c: &mut switchboard::client::Client,
+    env: &[u8],
+) -> Result<Outcome, switchboard_protocol::ErrorCode> {
+    c.send(&Frame::Send { no_answer: false, envelope: env }).expect("send");
+    let frame = recv(c);
+    if frame[1] == 0x05 {
+        let (code, id, _, sequence, reason) = parse_error_sequence(&frame);
+        assert_eq!((id, sequence), (Some(envelope_id(env)), Some(c.sends())), "error names the send: {reason}");
+        return Err(switchboard_protocol::ErrorCode::from_code(code).expect("a known code"));
+    }
+    match parse_accepted(&frame)[..] {
+        [(through, outcome)] if through == c.sends() => Ok(outcome),
+        ref other => panic!("expected one entry through send {}, got {other:?}", c.sends()),
+    }
 }

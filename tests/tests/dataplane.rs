@@ -17,11 +17,6 @@ use switchboard_e2e::*;
 use switchboard_protocol::{EnvelopeFlags, EnvelopeId, ErrorCode, Frame, Limits, Outcome, RoomName, UserId};
 use tungstenite::Message;
 
-/// The next frame a client receives; fails on close or timeout.
-fn recv(c: &mut Client) -> Vec<u8> {
-    c.recv().expect("receive a frame").expect("connection still open")
-}
-
 /// Sends an envelope, waits for its answer and returns its id and outcome
 /// (the answer is one `accepted` entry through this send's sequence).
 fn send_env(c: &mut Client, env: &[u8]) -> (EnvelopeId, Outcome) {
@@ -34,23 +29,6 @@ fn send_env(c: &mut Client, env: &[u8]) -> (EnvelopeId, Outcome) {
 
 /// Receives a delivery, checks it is exactly `env` behind `01 03 00 00`,
 /// and acknowledges it.
-/// Sends an envelope and returns its answer: the outcome of an `accepted`
-/// entry through this send, or the code of an `error` naming this send's
-/// sequence and the envelope's id.
-fn send_answer(c: &mut Client, env: &[u8]) -> Result<Outcome, ErrorCode> {
-    c.send(&Frame::Send { no_answer: false, envelope: env }).expect("send");
-    let frame = recv(c);
-    if frame[1] == 0x05 {
-        let (code, id, _, sequence, reason) = parse_error_sequence(&frame);
-        assert_eq!((id, sequence), (Some(envelope_id(env)), Some(c.sends())), "error names the send: {reason}");
-        return Err(ErrorCode::from_code(code).expect("a known code"));
-    }
-    match parse_accepted(&frame)[..] {
-        [(through, outcome)] if through == c.sends() => Ok(outcome),
-        ref other => panic!("expected one entry through send {}, got {other:?}", c.sends()),
-    }
-}
-
 fn expect_delivery(c: &mut Client, env: &[u8], who: &str) {
     let got = recv(c);
     assert_eq!(got, deliver_frame(env), "{who} did not receive the bytes sent");

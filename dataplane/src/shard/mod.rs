@@ -53,7 +53,7 @@ use switchboard_protocol::session::{Dedup, Reply, Session, Timeout, Transmit};
 pub(crate) use admission::LogLimiter;
 use conn::{CLOSE_DEADLINE, Conn, shutdown_socket};
 pub use ids::{ConnId, Member, ShardId};
-pub(crate) use msg::{Command, ConnectionInfo, Msg};
+pub(crate) use msg::{Command, ConnectionInfo, Fault, Msg};
 use presence::{Presence, Rooms};
 pub(crate) use shared::Shared;
 use write::Out;
@@ -83,9 +83,8 @@ pub(crate) struct Shard {
     /// Connections whose sessions have answers to flush.
     dirty: RefCell<Vec<ConnId>>,
     pub(crate) tokens: RefCell<crate::auth::ShardVerifier>,
-    /// Messages that must not be dropped (answers, room deliveries, leaves)
-    /// waiting for room in a full queue, in order.
-    backlog: RefCell<std::collections::VecDeque<(ShardId, Msg)>>,
+    /// Messages waiting for room in full mesh queues.
+    backlog: RefCell<routing::Backlog>,
     pub(crate) stopping: Cell<bool>,
     /// Cancels the pending accept when the shard stops.
     pub(crate) accept_canceller: RefCell<monoio::io::Canceller>,
@@ -120,6 +119,7 @@ impl Shard {
         let tokens = crate::auth::ShardVerifier::new(shared.verifier.clone());
         let l = &shared.config.limits;
         let dedup = Dedup::new(std::time::Duration::from_millis(l.dedup_window_ms), l.dedup_capacity);
+        let backlog = routing::Backlog::new(shared.mesh.shards());
         Rc::new(Self {
             id,
             metrics: shared.metrics[id.index()].clone(),
@@ -131,7 +131,7 @@ impl Shard {
             dedup: RefCell::new(dedup),
             dirty: RefCell::new(Vec::new()),
             tokens: RefCell::new(tokens),
-            backlog: RefCell::new(std::collections::VecDeque::new()),
+            backlog: RefCell::new(backlog),
             stopping: Cell::new(false),
             accept_canceller: RefCell::new(monoio::io::Canceller::new()),
             batch_pool: RefCell::new(Vec::new()),
@@ -370,6 +370,8 @@ impl Shard {
                 }
             }
             Command::ReloadKeys(verifier) => self.tokens.borrow_mut().set_verifier(verifier),
+            Command::Fault(Fault::Panic) => panic!("fault injected by the admin API"),
+            Command::Fault(Fault::Stall(d)) => std::thread::sleep(d),
         }
     }
 
@@ -391,6 +393,7 @@ impl Shard {
     /// Periodic housekeeping: pings, idle and slow-consumer disconnects.
     pub(crate) fn tick(&self, now: Instant) {
         self.set_now(now);
+        self.shared.alive(self.id, now);
         let config = &self.shared.session;
         let mut to_close = Vec::new();
         {

@@ -93,4 +93,17 @@ pub(crate) enum Command {
     Shutdown,
     /// Use reloaded keys (SIGHUP) and forget cached verifications.
     ReloadKeys(crate::auth::Verifier),
+    /// A fault injected by the admin API, for the fault tests (debug
+    /// builds with `SWITCHBOARD_FAULT_INJECTION=1` only).
+    Fault(Fault),
+}
+
+/// A fault to inject into a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Panic on the shard thread.
+    Panic,
+    /// Block the shard thread for this long (a shard stuck in a system call
+    /// or a long computation).
+    Stall(std::time::Duration),
 }

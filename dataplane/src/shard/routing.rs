@@ -2,6 +2,8 @@
 //! back to senders (through their sessions), and the backlog of messages
 //! that must reach another shard.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use switchboard_protocol::session::Reply;
 use switchboard_protocol::{Destination, ErrorCode, Outcome};
@@ -12,6 +14,33 @@ use super::msg::{Msg, Origin, SendResult, UserAnswer};
 use super::presence::group_by_shard;
 use super::write::Out;
 use super::{Protocol, RouteKind, Shard};
+
+/// The answer to work refused because a shard's queue and backlog are full.
+const OVERLOADED: &str = "cross-shard queue full, retry later";
+
+/// Messages waiting for room in full mesh queues: one FIFO per destination
+/// shard, so a send checks its destination's in O(1).
+pub(crate) struct Backlog {
+    queues: Vec<VecDeque<Msg>>,
+    /// Messages in all queues.
+    len: usize,
+}
+
+impl Backlog {
+    pub(crate) fn new(shards: usize) -> Self {
+        Self { queues: (0..shards).map(|_| VecDeque::new()).collect(), len: 0 }
+    }
+
+    /// Messages waiting for `dst`.
+    fn waiting(&self, dst: ShardId) -> usize {
+        self.queues[dst.index()].len()
+    }
+
+    fn push(&mut self, dst: ShardId, msg: Msg) {
+        self.queues[dst.index()].push_back(msg);
+        self.len += 1;
+    }
+}
 
 /// What became of one delivery to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +100,12 @@ impl Shard {
                     group_by_shard(members, &mut groups);
                     groups.iter().map(|(_, v)| v.len() as u32).sum()
                 };
+                if let Some((full, _)) = groups.iter().find(|(shard, _)| !self.room_for_work(*shard)) {
+                    // All or nothing: a room send is not half delivered.
+                    tracing::debug!(shard = self.id.0, to = full.0, "room send refused: backlog full");
+                    self.answer_send(from, Err((ErrorCode::Overloaded, OVERLOADED)));
+                    return;
+                }
                 for (shard, conns) in groups {
                     self.send_reliable(shard, Msg::Deliver { envelope: envelope.clone(), conns, answer: None });
                 }
@@ -129,7 +164,7 @@ impl Shard {
             Target::Room(owner, room) => (owner, Msg::ToRoom { envelope, room, from, exclude }),
         };
         if !self.send_or_handle(owner, msg) {
-            self.answer_send(from, Err((ErrorCode::Overloaded, "cross-shard queue full, retry later")));
+            self.answer_send(from, Err((ErrorCode::Overloaded, OVERLOADED)));
         }
     }
 
@@ -194,12 +229,20 @@ impl Shard {
             self.metrics.routed(RouteKind::User, Outcome::Delivered);
             self.answer_send(from, Ok((Outcome::Delivered, taken.queued + handed)));
             for (shard, conns) in rest {
-                self.send_reliable(shard, Msg::Deliver { envelope: envelope.clone(), conns, answer: None });
+                if self.room_for_work(shard) {
+                    self.send_reliable(shard, Msg::Deliver { envelope: envelope.clone(), conns, answer: None });
+                } else {
+                    self.metrics.cross_shard_full.inc();
+                }
             }
             return;
         }
         let mut rest = rest.into_iter();
         if let Some((shard, conns)) = rest.next() {
+            if !self.room_for_work(shard) {
+                self.answer_send(from, Err((ErrorCode::Overloaded, OVERLOADED)));
+                return;
+            }
             let answer = UserAnswer { from, refused, rest: rest.collect() };
             self.send_reliable(shard, Msg::Deliver { envelope: envelope.clone(), conns, answer: Some(answer) });
         } else if refused {
@@ -298,45 +341,53 @@ impl Shard {
     }
 
     /// Sends a message that must arrive (an answer the sender waits for, a
-    /// room delivery, a leave): if the queue to `dst` is full, it waits in
-    /// this shard's backlog, behind earlier ones to `dst`, and is retried
-    /// every loop turn and tick. The backlog is bounded by what the other
-    /// shards sent us, which their own queue bounds limit.
+    /// delivery, a leave): if the queue to `dst` is full, it waits in this
+    /// shard's backlog, behind earlier ones to `dst`, and is retried every
+    /// loop turn and tick.
+    ///
+    /// Work that fans out (deliveries) is only started while
+    /// [`room_for_work`](Self::room_for_work) holds, which bounds its part
+    /// of the backlog by `limits.cross_shard_queue` per destination;
+    /// answers, replies and leaves are never refused, and are bounded by
+    /// the work the destination itself sent, which its own queue bounds.
     pub(crate) fn send_reliable(&self, dst: ShardId, msg: Msg) {
         if dst == self.id {
             self.handle(msg);
             return;
         }
         let mut backlog = self.backlog.borrow_mut();
-        if backlog.iter().any(|(d, _)| *d == dst) {
-            backlog.push_back((dst, msg));
+        if backlog.waiting(dst) > 0 {
+            backlog.push(dst, msg);
             return;
         }
         if let Err(msg) = self.shared.mesh.send(self.id, dst, msg) {
             self.metrics.cross_shard_full.inc();
-            backlog.push_back((dst, msg));
+            backlog.push(dst, msg);
         }
+    }
+
+    /// True if new work for `dst` may start: its backlog is below
+    /// `limits.cross_shard_queue` (always true for this shard).
+    fn room_for_work(&self, dst: ShardId) -> bool {
+        dst == self.id || self.backlog.borrow().waiting(dst) < self.shared.config.limits.cross_shard_queue
     }
 
     /// Retries backlogged messages, in order per destination.
     pub(crate) fn flush_backlog(&self) {
         let mut backlog = self.backlog.borrow_mut();
-        if backlog.is_empty() {
+        if backlog.len == 0 {
             return;
         }
-        let mut blocked: Vec<ShardId> = Vec::new();
-        let mut rest = std::collections::VecDeque::with_capacity(backlog.len());
-        while let Some((dst, msg)) = backlog.pop_front() {
-            if blocked.contains(&dst) {
-                rest.push_back((dst, msg));
-                continue;
-            }
-            if let Err(msg) = self.shared.mesh.send(self.id, dst, msg) {
-                blocked.push(dst);
-                rest.push_back((dst, msg));
+        let Backlog { queues, len } = &mut *backlog;
+        for (dst, queue) in queues.iter_mut().enumerate() {
+            while let Some(msg) = queue.pop_front() {
+                if let Err(msg) = self.shared.mesh.send(self.id, ShardId(dst as u16), msg) {
+                    queue.push_front(msg);
+                    break;
+                }
+                *len -= 1;
             }
         }
-        *backlog = rest;
     }
 
     /// Sends a message to `dst`, or handles it here if `dst` is this shard.
@@ -345,6 +396,10 @@ impl Shard {
         if dst == self.id {
             self.handle(msg);
             true
+        } else if self.backlog.borrow().waiting(dst) > 0 {
+            // Behind backlogged messages: sending now would overtake them.
+            self.metrics.cross_shard_full.inc();
+            false
         } else {
             match self.shared.mesh.send(self.id, dst, msg) {
                 Ok(()) => true,

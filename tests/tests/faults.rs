@@ -1,0 +1,101 @@
+//! The fault suite: what happens to a running server when parts of it or
+//! its clients misbehave, each checked from the outside (what clients
+//! receive, the admin port, the exit status).
+//!
+//! Faults inside the server (a shard stuck, a shard panicking) are injected
+//! through the admin API of debug builds started with
+//! `SWITCHBOARD_FAULT_INJECTION=1` (`POST /debug/fault`).
+
+use std::time::{Duration, Instant};
+
+use switchboard::client::Client;
+use switchboard_e2e::*;
+use switchboard_protocol::{ErrorCode, Frame, Limits, Outcome, RoomName};
+
+fn faulty(config: &str) -> Server {
+    Server::builder().env("SWITCHBOARD_FAULT_INJECTION", "1").config(config).start()
+}
+
+fn join(c: &mut Client, room: &str) {
+    c.send(&Frame::JoinRoom { request_id: 1, room: RoomName::parse(room).expect("room name") }).expect("send join");
+    match Frame::decode(&recv(c), &Limits::default()) {
+        Ok(Frame::Done { request_id: 1 }) => {}
+        other => panic!("join {room}: expected done, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_stalled_shard_is_not_ready_and_the_backlog_to_it_is_bounded() {
+    // Room fan-out from shard 0 to a member on shard 1 while shard 1 is
+    // stuck: the mesh queue (8) and then the backlog (bounded by the same
+    // 8) fill, and later room sends are refused with `overloaded` instead
+    // of queueing without limit. /readyz names the stuck shard. When it
+    // runs again, the member receives exactly the sends answered
+    // `delivered`, in order.
+    let s = faulty("[limits]\ncross_shard_queue = 8\n");
+    let alice = s.user_on_shard("alice", 0);
+    let bob = s.user_on_shard("bob", 1);
+    let room = s.room_on_shard("lobby", 0);
+    let mut a = s.client(&alice);
+    let mut b = s.client(&bob);
+    join(&mut b, &room);
+    assert_eq!(s.admin_get("/readyz", None).status, 200);
+
+    let stall = Duration::from_millis(3500);
+    let r = s.admin_post(&format!("/debug/fault?shard=1&kind=stall&ms={}", stall.as_millis()));
+    assert_eq!(r.status, 202, "{r:?}");
+    let stalled_at = Instant::now();
+    wait_for("/readyz to report the stalled shard", || {
+        let r = s.admin_get("/readyz", None);
+        r.status == 503 && r.body_text().contains("[1]")
+    });
+
+    let mut delivered = Vec::new();
+    let mut overloaded = 0;
+    for i in 0..200 {
+        let env = envelope(&alice, &format!("room:{room}"), format!("fan-out {i}").as_bytes());
+        match send_answer(&mut a, &env) {
+            Ok(Outcome::Delivered) => delivered.push(env),
+            Err(ErrorCode::Overloaded) => overloaded += 1,
+            other => panic!("room send {i}: {other:?}"),
+        }
+    }
+    assert!(stalled_at.elapsed() < stall, "the sends outlasted the stall; the test proves nothing");
+    assert!(overloaded > 0, "200 room sends to a stuck shard were all accepted: the backlog is unbounded");
+    assert!(delivered.len() <= 64, "{} accepted past a queue of 8 and a backlog of 8", delivered.len());
+
+    wait_for("/readyz to be ready again", || s.admin_get("/readyz", None).status == 200);
+    for (i, env) in delivered.iter().enumerate() {
+        assert!(recv(&mut b) == deliver_frame(env), "bob's delivery {i}");
+    }
+    b.ack().expect("ack");
+    // Nothing else was delivered, and the path works again.
+    let env = envelope(&alice, &format!("room:{room}"), b"after the stall");
+    assert_eq!(send_answer(&mut a, &env), Ok(Outcome::Delivered));
+    assert!(recv(&mut b) == deliver_frame(&env), "the first delivery after the stall");
+}
+
+#[test]
+fn a_panicking_shard_stops_the_process_with_status_70() {
+    // A shard thread that panics would leave its connections, rooms and
+    // hand-offs hanging while the other shards and /readyz looked fine.
+    // The server logs the panic and exits 70 for its supervisor to restart.
+    let mut s = faulty("");
+    let alice = s.user_on_shard("alice", 0);
+    let _a = s.client(&alice);
+    let r = s.admin_post("/debug/fault?shard=1&kind=panic");
+    assert_eq!(r.status, 202, "{r:?}");
+    let status = s.wait_exit(Duration::from_secs(10)).expect("the process exits after a shard panic");
+    assert_eq!(status.code(), Some(70), "exit status {status}");
+    let log = s.stderr();
+    assert!(log.contains("thread panicked; exiting with status 70"), "no log line: {log}");
+    assert!(log.contains("shard-1"), "the log names the thread: {log}");
+}
+
+#[test]
+fn fault_injection_is_off_unless_asked_for() {
+    let s = Server::start();
+    let r = s.admin_post("/debug/fault?shard=1&kind=panic");
+    assert_eq!(r.status, 405, "{r:?}");
+    assert_eq!(s.admin_get("/readyz", None).status, 200);
+}
