@@ -113,6 +113,9 @@ pub struct ShardMetrics {
     pub queue_overflow: Counter,
     /// Connections closed as slow consumers.
     pub slow_consumers: Counter,
+    /// Deliveries not acknowledged when their connection closed (written
+    /// or not): dropped, as no mailbox keeps them yet.
+    pub unacked_at_close: Counter,
     /// Connections accepted on this shard's listener (before any hand-off).
     pub accepted: Counter,
     /// Connections handed to their owner shard after the handshake.
@@ -233,7 +236,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], open_connections: usize) 
         let _ = writeln!(o, "switchboard_cross_shard_queue_depth{{shard=\"{i}\"}} {}", m.queue_depth.get());
     }
     type Read = fn(&ShardMetrics) -> u64;
-    let counters: [(&str, &str, Read); 6] = [
+    let counters: [(&str, &str, Read); 7] = [
         ("accepted_total", "Connections accepted on this shard's listener (SO_REUSEPORT spread).", |m| {
             m.accepted.get()
         }),
@@ -244,6 +247,11 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], open_connections: usize) 
             m.queue_overflow.get()
         }),
         ("slow_consumer_disconnects_total", "Connections closed as slow consumers.", |m| m.slow_consumers.get()),
+        (
+            "deliveries_unacked_at_close_total",
+            "Deliveries not acknowledged when their connection closed (dropped: no mailbox yet).",
+            |m| m.unacked_at_close.get(),
+        ),
         ("handoffs_total", "Connections handed to their owner shard.", |m| m.handoffs.get()),
         ("handshake_failures_total", "Handshakes refused.", |m| m.handshake_failures.get()),
     ];

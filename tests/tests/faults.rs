@@ -99,3 +99,53 @@ fn fault_injection_is_off_unless_asked_for() {
     assert_eq!(r.status, 405, "{r:?}");
     assert_eq!(s.admin_get("/readyz", None).status, 200);
 }
+
+#[test]
+fn shutdown_waits_the_grace_period_for_a_client_that_reads_late() {
+    // Bob stops reading while ~4 MiB of deliveries (answered `delivered`)
+    // wait for him, more than the socket buffers hold. On SIGTERM the
+    // server keeps writing for up to shutdown_grace_ms (5 s): when he
+    // reads again after 3 s he gets every delivered envelope, in order,
+    // then `shutting-down` and close 1001, and the process exits 0 before
+    // the grace period ends. (It used to shut his socket after 2 s,
+    // dropping what was still queued, with no close frame.)
+    let grace = Duration::from_secs(5);
+    let mut s = Server::builder()
+        .config(&format!(
+            "[server]\nshutdown_grace_ms = {}\n[limits]\nslow_consumer_grace_ms = 60000\n",
+            grace.as_millis()
+        ))
+        .start();
+    let alice = s.user_on_shard("alice", 0);
+    let bob = s.user_on_shard("bob", 1);
+    let mut a = s.client(&alice);
+    let mut b = s.ws(&bob);
+    s.wait_connections(&bob, 1);
+    let mut delivered = Vec::new();
+    for i in 0..700 {
+        let env = envelope(&alice, &format!("user:{bob}"), &vec![i as u8; 8 * 1024]);
+        match send_answer(&mut a, &env) {
+            Ok(Outcome::Delivered) => delivered.push(env),
+            Err(ErrorCode::RecipientBusy) => {}
+            other => panic!("send {i}: {other:?}"),
+        }
+    }
+    assert!(delivered.len() > 300, "only {} delivered", delivered.len());
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        b.close_code()
+    });
+    let start = Instant::now();
+    let status = s.terminate(grace + Duration::from_secs(3)).expect("server exits after SIGTERM");
+    let took = start.elapsed();
+    let (code, mut frames) = reader.join().expect("bob read to the close frame");
+    assert!(status.success(), "exit status {status}");
+    assert!(took >= Duration::from_secs(3) && took < grace, "exited after {took:?}");
+    assert_eq!(code, 1001, "bob's close code");
+    let error = frames.pop().expect("the error frame before the close");
+    assert_eq!(parse_error(&error).0, ErrorCode::ShuttingDown.code());
+    assert_eq!(frames.len(), delivered.len(), "delivered envelopes lost in shutdown");
+    for (i, (f, env)) in frames.iter().zip(&delivered).enumerate() {
+        assert!(*f == deliver_frame(env), "delivery {i}");
+    }
+}

@@ -44,7 +44,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 use switchboard_protocol::ErrorCode;
@@ -228,6 +228,7 @@ impl Shard {
             self.send_reliable(self.shared.owners.room(&room), Msg::Leave { room, member: me, request_id: None });
         }
         self.metrics.connection_closed(conn.protocol);
+        self.metrics.unacked_at_close.add(conn.session.unacked() as u64);
         if self.stopping.get()
             && self.conns.borrow().is_empty()
             && let Some(w) = self.drained.borrow_mut().take()
@@ -395,6 +396,14 @@ impl Shard {
         self.set_now(now);
         self.shared.alive(self.id, now);
         let config = &self.shared.session;
+        // While shutting down, a connection's last frames may take the
+        // whole grace period (a client that reads slowly still gets every
+        // delivery and its close frame); otherwise CLOSE_DEADLINE.
+        let close_deadline = if self.stopping.get() {
+            Duration::from_millis(self.shared.config.server.shutdown_grace_ms).max(CLOSE_DEADLINE)
+        } else {
+            CLOSE_DEADLINE
+        };
         let mut to_close = Vec::new();
         {
             let mut conns = self.conns.borrow_mut();
@@ -404,7 +413,7 @@ impl Shard {
                     continue;
                 }
                 if let Some(since) = c.tx.closing_since() {
-                    if now.saturating_duration_since(since) >= CLOSE_DEADLINE
+                    if now.saturating_duration_since(since) >= close_deadline
                         && let Some(fd) = c.fd.take()
                     {
                         // The peer stopped reading: drop what is queued and
