@@ -39,6 +39,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // Bind everything first. The first listener resolves port 0; the other
     // shards bind the same address with SO_REUSEPORT, so the kernel spreads
     // new connections across shards.
+    wait_for_port(listen)?;
     let first = bind_reuseport(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let client_addr = first.local_addr()?;
     let mut listeners = vec![first];
@@ -149,6 +150,43 @@ fn reload_keys(shared: &Arc<Shared>) {
     }
 }
 
+/// How long start-up waits for another listener on the client port to go.
+const PORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until no other socket listens on `addr` (a fixed port), or fails.
+///
+/// The shards' listeners share the port with SO_REUSEPORT, and the kernel
+/// puts every such listener of the same user in one group: a listener left
+/// by another process would take its share of our new connections. That is
+/// another server running by mistake, or the listener of a server just
+/// killed under io_uring, which the kernel releases only when it has torn
+/// down the dead process's ring, after the process is gone; the
+/// connections it takes meanwhile are reset. A socket bound without
+/// SO_REUSEPORT finds out: its bind fails while any listener holds the port.
+fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + PORT_WAIT;
+    let mut logged = false;
+    loop {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // TIME_WAIT connections of an earlier run do not count.
+        probe.set_reuse_address(true)?;
+        match probe.bind(&addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                if !std::mem::replace(&mut logged, true) {
+                    tracing::warn!(%addr, "another socket listens on the client port; waiting for it to close");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => bail!("cannot listen on {addr}: {e} (another process listens on it)"),
+        }
+    }
+}
+
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -220,6 +258,7 @@ async fn shard_main(shared: Arc<Shared>, id: ShardId, listener: std::net::TcpLis
     tracing::info!(driver = if uring { "io_uring" } else { "epoll" }, "shard started");
     let _ = ready.send(Ok(if uring { "io_uring" } else { "epoll" }));
     drop(ready);
+    shard.listener_fd.set(Some(std::os::fd::AsRawFd::as_raw_fd(&listener)));
     monoio::spawn(handshake::accept_loop(shard.clone(), listener));
     monoio::spawn(tick_loop(shard.clone()));
     const BATCH: usize = 1024;

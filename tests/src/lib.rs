@@ -111,6 +111,7 @@ pub struct ServerBuilder {
     shards: usize,
     config: Option<String>,
     env: Vec<(String, String)>,
+    listen: Option<SocketAddr>,
 }
 
 impl ServerBuilder {
@@ -124,6 +125,12 @@ impl ServerBuilder {
     /// (small limits, short timeouts).
     pub fn config(mut self, toml: &str) -> Self {
         self.config = Some(toml.to_owned());
+        self
+    }
+
+    /// The client address (default `127.0.0.1:0`, a free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
         self
     }
 
@@ -158,7 +165,7 @@ pub struct Server {
 impl Server {
     /// Options, defaulting to 2 shards and no config file.
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { shards: 2, config: None, env: Vec::new() }
+        ServerBuilder { shards: 2, config: None, env: Vec::new(), listen: None }
     }
 
     /// Starts a server with the defaults (2 shards).
@@ -176,11 +183,12 @@ impl Server {
             std::fs::write(&path, toml).expect("write config file");
             args.extend(["--config".into(), path.display().to_string()]);
         }
+        let listen = opts.listen.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
         args.extend(
             [
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                &listen,
                 "--admin-listen",
                 "127.0.0.1:0",
                 "--shards",
@@ -252,8 +260,11 @@ impl Server {
             "epoll" => assert_eq!(actual, "epoll", "asked for epoll: {ready}"),
             _ => assert!(actual == "io_uring" || actual == "epoll", "{ready}"),
         }
-        let secret = std::fs::read(sb.data_dir().join("jwt-secret")).expect("the server generated its dev secret");
-        let secret = String::from_utf8(secret).expect("hex secret").trim().as_bytes().to_vec();
+        // The generated development secret (none when the config sets one).
+        let secret = match std::fs::read(sb.data_dir().join("jwt-secret")) {
+            Ok(hex) => String::from_utf8(hex).expect("hex secret").trim().as_bytes().to_vec(),
+            Err(_) => Vec::new(),
+        };
         Self { sb, child, exited: None, listen, admin, shards: opts.shards, driver: actual, secret, stderr_path }
     }
 
@@ -329,6 +340,17 @@ impl Server {
     pub fn admin_post(&self, path: &str) -> HttpResponse {
         let req = format!("POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         http_request(self.admin, req.as_bytes())
+    }
+
+    /// Kills the process (SIGKILL, a crash) and waits for it.
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Some(s) = self.exited {
+            return s;
+        }
+        self.signal(libc::SIGKILL);
+        let status = self.child.wait().expect("wait for the killed server");
+        self.exited = Some(status);
+        status
     }
 
     /// Waits up to `deadline` for the process to exit by itself.

@@ -149,3 +149,102 @@ fn shutdown_waits_the_grace_period_for_a_client_that_reads_late() {
         assert!(*f == deliver_frame(env), "delivery {i}");
     }
 }
+
+/// A free loopback port (bound, read and released).
+fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("local addr")
+}
+
+#[test]
+fn a_connection_storm_the_moment_a_restarted_server_opens_its_port() {
+    // What every client of a restarted server does: retry until the port
+    // accepts, then connect at once. Five starts on the same port, each
+    // met by 200 WebSocket connections opened the moment the port answers:
+    // every one must be upgraded (none reset or refused), whether the last
+    // server stopped on SIGTERM or was killed.
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-storm";
+    let config = format!("[auth]\njwt_secret = \"{SECRET}\"\n");
+    let addr = free_port();
+    let url = format!("ws://{addr}/connect");
+    for round in 0..5 {
+        let token =
+            sign_hs256(&default_claims(serde_json::json!({ "sub": format!("storm-{round}") })), SECRET.as_bytes());
+        let url = url.clone();
+        let mut server = None;
+        if round % 2 == 0 && round > 0 {
+            // After a kill under io_uring the dead process's listener
+            // lingers until the kernel tears its ring down, and takes
+            // connections it then resets: a crash's reset, not the new
+            // server's. The new server waits for that listener to go
+            // before it listens; the storm meets it once it is ready.
+            server = Some(Server::builder().listen(addr).config(&config).start());
+        }
+        let storm = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(addr).is_err() {
+                assert!(Instant::now() < end, "the port never opened");
+                std::thread::sleep(Duration::from_micros(200)); // retry interval of a reconnecting client
+            }
+            let mut open = Vec::new();
+            let mut failures = Vec::new();
+            for i in 0..200 {
+                let connect = || Ws::connect(&url, &[("Authorization", &format!("Bearer {token}"))]);
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(connect)) {
+                    Ok(Ok(ws)) => open.push(ws),
+                    Ok(Err(e)) => failures.push(format!("connection {i}: {e:?}")),
+                    Err(_) => failures.push(format!("connection {i}: I/O error (above)")),
+                }
+            }
+            (open.len(), failures)
+        });
+        let mut s = server.unwrap_or_else(|| Server::builder().listen(addr).config(&config).start());
+        let (open, failures) = storm.join().expect("storm thread");
+        assert!(failures.is_empty(), "round {round}: {open} upgraded, failed: {failures:?}");
+        // Stopped gracefully, or killed (a crash) every other round.
+        if round % 2 == 0 {
+            let status = s.terminate(Duration::from_secs(10)).expect("exits");
+            assert!(status.success(), "round {round}: exit status {status}");
+        } else {
+            s.kill();
+        }
+    }
+}
+
+#[test]
+fn a_second_server_on_the_same_port_refuses_to_start() {
+    // Every listener of one user with SO_REUSEPORT on a port shares its
+    // connections: a second server started on a busy port by mistake (or
+    // while a killed one's listener lingers) would silently take part of
+    // the first one's clients. It waits for the port (5 s), then fails.
+    let s = Server::start();
+    let listen = s.addr().to_string();
+    let sb = Switchboard::new();
+    let log = sb.data_dir().join("second.stderr");
+    let mut second = sb
+        .command(&["serve", "--listen", &listen, "--admin-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn a second server");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second server is running on {listen}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(20)); // polling an exit status
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("another process listens on it"), "{stderr}");
+    assert!(start.elapsed() >= Duration::from_secs(4), "it did not wait for the port: {:?}", start.elapsed());
+    // The first one still serves.
+    let mut c = s.client(&s.user_on_shard("alice", 0));
+    c.send(&Frame::Ping { nonce: 7 }).expect("ping");
+    assert!(matches!(Frame::decode(&recv(&mut c), &Limits::default()), Ok(Frame::Pong { nonce: 7 })));
+}

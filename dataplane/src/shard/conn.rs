@@ -161,9 +161,10 @@ impl Conn {
 
 /// Shuts a socket down both ways, so pending reads and writes on it end.
 pub(crate) fn shutdown_socket(fd: i32) {
-    // SAFETY: `fd` belongs to a socket whose read and write halves are still
-    // alive (the connection's tasks own them), so it is open; shutdown(2)
-    // only changes the connection state and never frees the descriptor.
+    // SAFETY: `fd` belongs to a socket that a task of this shard still owns
+    // (a connection's reader and writer, or the accept loop's listener), so
+    // it is open; shutdown(2) only changes the socket's state and never
+    // frees the descriptor.
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
     }

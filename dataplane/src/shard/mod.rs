@@ -88,6 +88,8 @@ pub(crate) struct Shard {
     pub(crate) stopping: Cell<bool>,
     /// Cancels the pending accept when the shard stops.
     pub(crate) accept_canceller: RefCell<monoio::io::Canceller>,
+    /// The client listener's socket, to stop listening at once on shutdown.
+    pub(crate) listener_fd: Cell<Option<std::os::fd::RawFd>>,
     /// Write batches not in use (see [`Shard::take_batch`]). Boxed on
     /// purpose: a batch moves in and out of `writev` as a pointer.
     #[allow(clippy::vec_box)]
@@ -134,6 +136,7 @@ impl Shard {
             backlog: RefCell::new(backlog),
             stopping: Cell::new(false),
             accept_canceller: RefCell::new(monoio::io::Canceller::new()),
+            listener_fd: Cell::new(None),
             batch_pool: RefCell::new(Vec::new()),
             log_limiter: LogLimiter::new(20),
             latency_counter: Cell::new(0),
@@ -358,6 +361,15 @@ impl Shard {
             }
             Command::Shutdown => {
                 self.stopping.set(true);
+                if let Some(fd) = self.listener_fd.take() {
+                    // Leave the port's SO_REUSEPORT group now. Closing is
+                    // not enough under io_uring: a pending accept holds the
+                    // socket until the ring is torn down, which can be
+                    // after the process exited, and a server started on the
+                    // port meanwhile would share the group with it and see
+                    // connections hashed to it reset.
+                    shutdown_socket(fd);
+                }
                 let canceller = std::mem::take(&mut *self.accept_canceller.borrow_mut());
                 canceller.cancel();
                 let ids: Vec<ConnId> = self
