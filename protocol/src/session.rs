@@ -508,6 +508,10 @@ impl Session {
         sequence: Option<u64>,
         reason: &'static str,
     ) {
+        if code.is_fatal() {
+            // Nothing goes out after the close: answer what is known first.
+            self.flush_answers(out);
+        }
         out.reply(Reply::error(code, id, request_id, sequence, reason));
         if code.is_fatal() {
             self.closing = true;

@@ -248,3 +248,216 @@ fn a_second_server_on_the_same_port_refuses_to_start() {
     c.send(&Frame::Ping { nonce: 7 }).expect("ping");
     assert!(matches!(Frame::decode(&recv(&mut c), &Limits::default()), Ok(Frame::Pong { nonce: 7 })));
 }
+
+/// The soft open-files limit of this process (the server inherits it).
+fn nofile_limit() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
+
+#[test]
+fn a_reconnect_storm_up_to_the_fd_limit_leaves_nothing_behind() {
+    // As many connections as the open-files limit allows (capped to keep
+    // the suite fast), opened from four threads at once, dropped without a
+    // close handshake, and opened again: no failure, and the connections
+    // gauge back to 0 each time.
+    let n = nofile_limit().saturating_sub(300).min(4000);
+    assert!(n >= 500, "open-files limit too low for this test: {}", nofile_limit());
+    let s = Server::start();
+    let users: Vec<String> = (0..4).map(|i| s.user_on_shard(&format!("storm{i}"), i % 2)).collect();
+    for round in 0..2 {
+        let threads: Vec<_> = users
+            .iter()
+            .map(|user| {
+                let url = s.url();
+                let auth = format!("Bearer {}", s.token(user));
+                std::thread::spawn(move || {
+                    let mut open = Vec::new();
+                    let mut failures = 0;
+                    for _ in 0..n / 4 {
+                        match Ws::connect(&url, &[("Authorization", &auth)]) {
+                            Ok(ws) => open.push(ws),
+                            Err(_) => failures += 1,
+                        }
+                    }
+                    (open, failures)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in threads {
+            let (open, failures) = t.join().expect("storm thread");
+            assert_eq!(failures, 0, "round {round}: refused connections");
+            all.extend(open);
+        }
+        wait_for(&format!("{} connections", all.len()), || s.metric("connections") == all.len() as u64);
+        drop(all);
+        wait_for("the connections gauge back to 0", || s.metric("connections") == 0);
+    }
+    // Still serving.
+    let mut c = s.client(&users[0]);
+    c.send(&Frame::Ping { nonce: 1 }).expect("ping");
+    assert!(matches!(Frame::decode(&recv(&mut c), &Limits::default()), Ok(Frame::Pong { nonce: 1 })));
+}
+
+/// Sends `envs` with up to `window` in flight and returns, per envelope
+/// index, its outcome (`None` if unanswered when the connection ended).
+fn pipeline(c: &mut Client, envs: &[Vec<u8>], window: usize, mut after: impl FnMut(usize)) -> Vec<Option<Outcome>> {
+    let first = c.sends() + 1;
+    let mut outcomes = vec![None; envs.len()];
+    let mut sent = 0;
+    let mut answered = 0;
+    while answered < envs.len() {
+        while sent < envs.len() && sent - answered < window {
+            if c.send(&Frame::Send { no_answer: false, envelope: &envs[sent] }).is_err() {
+                return outcomes;
+            }
+            sent += 1;
+        }
+        let frame = match c.recv() {
+            Ok(Some(f)) => f,
+            _ => return outcomes,
+        };
+        match Frame::decode(&frame, &Limits::default()) {
+            Ok(Frame::Accepted(entries)) => {
+                for e in entries.iter() {
+                    let through = (e.through - first) as usize;
+                    for o in &mut outcomes[answered..=through] {
+                        *o = Some(e.outcome);
+                    }
+                    answered = through + 1;
+                }
+            }
+            Ok(Frame::Error(e)) if e.sequence.is_some() => {
+                answered = (e.sequence.unwrap() - first) as usize + 1;
+            }
+            Ok(Frame::Error(_)) => return outcomes, // shutting down: the close follows
+            other => panic!("unexpected frame {other:?}"),
+        }
+        after(answered);
+    }
+    outcomes
+}
+
+/// Reads deliveries until the connection ends, acknowledging each batch;
+/// returns the envelope ids received, in order.
+fn receive_all(mut c: Client) -> Vec<switchboard_protocol::EnvelopeId> {
+    let mut ids = Vec::new();
+    while let Ok(Some(frame)) = c.recv() {
+        if let Ok(Frame::Deliver { envelope, .. }) = Frame::decode(&frame, &Limits::default()) {
+            ids.push(envelope_id(envelope));
+            if c.ack().is_err() {
+                break;
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn sigterm_under_load_loses_nothing_answered_delivered() {
+    let mut s = Server::builder().config("[server]\nshutdown_grace_ms = 5000\n").start();
+    let alice = s.user_on_shard("alice", 0);
+    let bob = s.user_on_shard("bob", 1);
+    let mut a = s.client(&alice);
+    let b = s.client(&bob);
+    s.wait_connections(&bob, 1);
+    let receiver = std::thread::spawn(move || receive_all(b));
+    let envs: Vec<Vec<u8>> = (0..20_000).map(|i| envelope(&alice, &format!("user:{bob}"), &[i as u8; 200])).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        let mut signalled = false;
+        pipeline(&mut a, &envs, 32, |answered| {
+            if answered >= 2_000 && !signalled {
+                signalled = true;
+                let _ = tx.send(());
+            }
+        })
+        .into_iter()
+        .zip(envs)
+        .filter(|(o, _)| *o == Some(Outcome::Delivered))
+        .map(|(_, e)| envelope_id(&e))
+        .collect::<Vec<_>>()
+    });
+    rx.recv_timeout(WAIT).expect("2,000 answers before the signal");
+    let start = Instant::now();
+    let status = s.terminate(Duration::from_secs(8)).expect("server exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    // Both clients read to their close: nothing to wait for.
+    assert!(start.elapsed() < Duration::from_secs(2), "shutdown took {:?}", start.elapsed());
+    let delivered = sender.join().expect("sender");
+    let received = receiver.join().expect("receiver");
+    assert!(delivered.len() >= 2_000, "{} answered delivered", delivered.len());
+    let got: std::collections::HashSet<_> = received.iter().collect();
+    let lost = delivered.iter().filter(|id| !got.contains(id)).count();
+    assert_eq!(lost, 0, "{lost} of {} envelopes answered delivered never arrived", delivered.len());
+}
+
+#[test]
+fn after_kill_9_unanswered_sends_resent_with_the_same_id_arrive_once() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-kill9";
+    let config = format!("[auth]\njwt_secret = \"{SECRET}\"\n");
+    let addr = free_port();
+    let mut s = Server::builder().listen(addr).config(&config).start();
+    let alice = s.user_on_shard("alice", 0);
+    let bob = s.user_on_shard("bob", 1);
+    let url = s.url();
+    let token = |u: &str| sign_hs256(&default_claims(serde_json::json!({ "sub": u })), SECRET.as_bytes());
+    let connect = |u: &str| {
+        let mut c = Client::connect(&url, &token(u)).expect("connect");
+        c.set_timeout(Some(WAIT)).expect("timeout");
+        c
+    };
+    let b = connect(&bob);
+    wait_for("bob connected", || s.metric("connections") == 1);
+    let receiver = std::thread::spawn(move || receive_all(b));
+    let envs: Vec<Vec<u8>> = (0..20_000).map(|i| envelope(&alice, &format!("user:{bob}"), &[i as u8; 200])).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sender = {
+        let envs = envs.clone();
+        let mut a = connect(&alice);
+        std::thread::spawn(move || {
+            let mut signalled = false;
+            pipeline(&mut a, &envs, 32, |answered| {
+                if answered >= 2_000 && !signalled {
+                    signalled = true;
+                    let _ = tx.send(());
+                }
+            })
+        })
+    };
+    rx.recv_timeout(WAIT).expect("2,000 answers before the kill");
+    s.kill();
+    let outcomes = sender.join().expect("sender");
+    let _ = receiver.join().expect("receiver");
+    let unanswered: Vec<Vec<u8>> =
+        outcomes.iter().zip(&envs).filter(|(o, _)| o.is_none()).map(|(_, e)| e.clone()).collect();
+    assert!(!unanswered.is_empty(), "every send was answered before the kill");
+
+    // A new server on the same port; both clients reconnect and alice
+    // resends what was not answered, twice (the second time as if the
+    // first answers had been lost too).
+    let s2 = Server::builder().listen(addr).config(&config).start();
+    let b = connect(&bob);
+    wait_for("bob connected again", || s2.metric("connections") == 1);
+    let receiver = std::thread::spawn(move || receive_all(b));
+    let mut a = connect(&alice);
+    let first = pipeline(&mut a, &unanswered, 32, |_| {});
+    assert!(first.iter().all(|o| *o == Some(Outcome::Delivered)), "resends: {:?}", &first[..first.len().min(8)]);
+    let again = pipeline(&mut a, &unanswered, 32, |_| {});
+    assert!(again.iter().all(|o| *o == Some(Outcome::Duplicate)), "second resends: {:?}", &again[..again.len().min(8)]);
+    // Bob got each resent id exactly once from the new server.
+    drop(s2);
+    let received = receiver.join().expect("receiver");
+    let mut counts = std::collections::HashMap::new();
+    for id in received {
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    for env in &unanswered {
+        assert_eq!(counts.get(&envelope_id(env)), Some(&1), "a resent envelope arrived other than once");
+    }
+}

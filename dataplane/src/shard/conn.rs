@@ -55,7 +55,7 @@ impl Transmit for ConnTx<'_> {
             self.metrics.rejected.inc(e.code);
         }
         if self.protocol != Protocol::Http {
-            self.tx.out.push(Out::Reply(reply));
+            self.tx.push(Out::Reply(reply));
             return;
         }
         self.tx.http = match reply {
@@ -77,6 +77,14 @@ impl Transmit for ConnTx<'_> {
 }
 
 impl Tx {
+    /// Queues `out`, unless the connection is closing: nothing goes after
+    /// its close (and its writer may be done).
+    pub(crate) fn push(&mut self, out: Out) {
+        if self.closing.is_none() {
+            self.out.push(out);
+        }
+    }
+
     /// True once the connection is closing.
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.is_some()
@@ -168,4 +176,22 @@ pub(crate) fn shutdown_socket(fd: i32) {
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
     }
+}
+
+/// Sends FIN once the queued bytes are sent; reading goes on.
+pub(crate) fn shutdown_write(fd: i32) {
+    // SAFETY: as in `shutdown_socket`.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+}
+
+/// Bytes written to `fd` that the peer's TCP stack has not acknowledged
+/// yet (sent or not); 0 if it cannot be told.
+pub(crate) fn unacknowledged_bytes(fd: i32) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int into `n`; `fd` is a socket
+    // a task of this shard still owns, so it is open.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    if r == 0 { usize::try_from(n).unwrap_or(0) } else { 0 }
 }

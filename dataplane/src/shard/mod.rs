@@ -51,7 +51,7 @@ use switchboard_protocol::ErrorCode;
 use switchboard_protocol::session::{Dedup, Reply, Session, Timeout, Transmit};
 
 pub(crate) use admission::LogLimiter;
-use conn::{CLOSE_DEADLINE, Conn, shutdown_socket};
+use conn::{CLOSE_DEADLINE, Conn, shutdown_socket, unacknowledged_bytes};
 pub use ids::{ConnId, Member, ShardId};
 pub(crate) use msg::{Command, ConnectionInfo, Fault, Msg};
 use presence::{Presence, Rooms};
@@ -204,7 +204,7 @@ impl Shard {
     /// Queues `out` for a connection and wakes its writer.
     pub(crate) fn push(&self, id: ConnId, out: Out) {
         self.with_conn(id, |c| {
-            c.tx.out.push(out);
+            c.tx.push(out);
             c.wake_writer();
         });
     }
@@ -425,11 +425,16 @@ impl Shard {
                     continue;
                 }
                 if let Some(since) = c.tx.closing_since() {
-                    if now.saturating_duration_since(since) >= close_deadline
+                    let late = now.saturating_duration_since(since) >= close_deadline;
+                    // Written and acknowledged by the peer: the lingering
+                    // reader can stop.
+                    let done =
+                        c.tx.out.is_empty() && !c.writing && c.fd.is_some_and(|fd| unacknowledged_bytes(fd) == 0);
+                    if (late || done)
                         && let Some(fd) = c.fd.take()
                     {
-                        // The peer stopped reading: drop what is queued and
-                        // shut the socket, which ends both tasks' I/O.
+                        // Late: the peer stopped reading; drop what is
+                        // queued. Shutting the socket ends both tasks' I/O.
                         c.tx.out.clear();
                         shutdown_socket(fd);
                         c.wake_flush_waiter();

@@ -24,7 +24,7 @@ use switchboard_protocol::ErrorCode;
 use tracing::Instrument;
 
 use super::admission::ConnPermit;
-use super::conn::shutdown_socket;
+use super::conn::{shutdown_socket, shutdown_write, unacknowledged_bytes};
 use super::handoff::Handoff;
 use super::ids::ConnId;
 use super::ingress::narrow;
@@ -200,7 +200,7 @@ async fn read_websocket(mut st: Box<ReadState>) {
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket protocol error");
                     shard.with_conn(id, |c| {
-                        c.tx.out.push(Out::Raw(ws::close_frame(e.close_code(), &e.to_string())));
+                        c.tx.push(Out::Raw(ws::close_frame(e.close_code(), &e.to_string())));
                         c.tx.set_closing(ErrorCode::MalformedFrame);
                     });
                     open = false;
@@ -212,7 +212,11 @@ async fn read_websocket(mut st: Box<ReadState>) {
         shard.flush_answers(id);
         shard.flush_dirty();
         if !open || shard.with_conn(id, |c| c.is_closing()).unwrap_or(true) {
-            // Closing: stop reading; the writer flushes the close frame.
+            // Closing: the writer flushes what is queued and the close
+            // frame, then sends FIN.
+            buf.clear();
+            raw.clear();
+            linger(rd, std::mem::take(if tls.is_some() { raw } else { buf })).await;
             break;
         }
         let Some(tls) = tls else {
@@ -257,6 +261,25 @@ async fn read_websocket(mut st: Box<ReadState>) {
     tracing::debug!("disconnected");
 }
 
+/// Keeps a closing connection's socket open, reading and discarding what
+/// the peer still sends (its acks, its close frame), until the peer closes
+/// too or the socket is shut: by the writer or the tick once the peer's TCP
+/// stack has acknowledged every byte written, or by the tick when the
+/// close takes too long. Closing a socket with unread bytes resets it, and
+/// a reset throws away what was still queued for the peer: the last
+/// deliveries and the close frame.
+async fn linger(rd: &mut OwnedReadHalf<TcpStream>, mut sink: BytesMut) {
+    loop {
+        sink.clear();
+        sink.reserve(READ_CHUNK);
+        let (res, s) = rd.read(sink).await;
+        sink = s;
+        if matches!(res, Ok(0) | Err(_)) {
+            return;
+        }
+    }
+}
+
 /// Handles one WebSocket event; false ends the connection.
 fn on_event(shard: &Shard, id: ConnId, event: WsEvent, frame: Bytes, now: Instant, now_ms: u64) -> bool {
     match event {
@@ -280,7 +303,8 @@ fn on_event(shard: &Shard, id: ConnId, event: WsEvent, frame: Bytes, now: Instan
                 None => ws::EMPTY_CLOSE_FRAME.to_vec(),
             };
             shard.with_conn(id, |c| {
-                c.tx.out.push(Out::Raw(reply));
+                // Not if ours went first: it answers the peer's.
+                c.tx.push(Out::Raw(reply));
                 c.tx.set_closing(ErrorCode::ShuttingDown);
                 c.wake_writer();
             });
@@ -352,7 +376,13 @@ async fn write_loop(
                     }
                     let _ = Box::pin(wr.write_all(std::mem::take(&mut cipher))).await;
                 }
-                shutdown_socket(fd);
+                // FIN after the last byte. If the peer has not acknowledged
+                // everything yet, its side stays open (the reader drains it)
+                // until it has: the tick checks.
+                shutdown_write(fd);
+                if unacknowledged_bytes(fd) == 0 {
+                    shutdown_socket(fd);
+                }
                 shard.writer_flushed(id);
                 return;
             }
