@@ -251,7 +251,13 @@ async fn shard_main(shared: Arc<Shared>, id: ShardId, listener: std::net::TcpLis
             return;
         }
     };
-    let shard = Shard::new(id, shared.clone());
+    let shard = match Shard::new(id, shared.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot create the shard's epoll set: {e}")));
+            return;
+        }
+    };
     shared.alive(id, std::time::Instant::now());
     let uring = !monoio::utils::is_legacy();
     shard.metrics.uring.set(u64::from(uring));
@@ -261,6 +267,7 @@ async fn shard_main(shared: Arc<Shared>, id: ShardId, listener: std::net::TcpLis
     shard.listener_fd.set(Some(std::os::fd::AsRawFd::as_raw_fd(&listener)));
     monoio::spawn(handshake::accept_loop(shard.clone(), listener));
     monoio::spawn(tick_loop(shard.clone()));
+    monoio::spawn(crate::shard::reactor::run(shard.clone()));
     const BATCH: usize = 1024;
     while !shard.stopping.get() {
         shared.mesh.wait(id).await;
@@ -315,7 +322,7 @@ async fn tick_loop(shard: std::rc::Rc<Shard>) {
 }
 
 /// Yields once to the scheduler.
-async fn yield_now() {
+pub(crate) async fn yield_now() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if yielded {

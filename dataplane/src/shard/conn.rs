@@ -122,6 +122,9 @@ pub(crate) struct Conn {
     pub(crate) flush_waiter: Option<Waker>,
     /// The socket, for forcing a close (WebSocket connections).
     pub(crate) fd: Option<i32>,
+    /// The I/O state of a plain WebSocket connection, driven by the shard
+    /// (`None` for TLS ones, which have tasks, and HTTP requests).
+    pub(crate) plain: Option<super::reactor::PlainIo>,
 }
 
 impl Conn {
@@ -139,6 +142,7 @@ impl Conn {
             writing: false,
             flush_waiter: None,
             fd: None,
+            plain: None,
         }
     }
 
@@ -152,10 +156,14 @@ impl Conn {
         self.tx.is_closing()
     }
 
-    /// Wakes the writer task (something was queued, or it must finish).
+    /// Wakes the writer (something was queued, or it must finish): the
+    /// writer task, or for a plain connection, a write at the end of the
+    /// shard's current batch of work.
     pub(crate) fn wake_writer(&mut self) {
         if let Some(w) = self.writer.take() {
             w.wake();
+        } else if let Some(p) = self.plain.as_mut() {
+            p.wake();
         }
     }
 

@@ -23,8 +23,10 @@
 //! - [`presence`]: the presence and room tables;
 //! - [`write`]: the transport-neutral outbound queue and its WebSocket
 //!   encoder;
-//! - [`handshake`], [`handoff`], [`ws_io`]: accepting, the HTTP head and
-//!   authentication, moving a socket to its owner shard, and WebSocket I/O.
+//! - [`handshake`], [`handoff`], [`ws_io`], [`reactor`]: accepting, the
+//!   HTTP head and authentication, moving a socket to its owner shard, and
+//!   WebSocket I/O (plain connections driven by the shard's epoll set; TLS
+//!   ones by a reader and a writer task).
 
 pub mod admission;
 pub(crate) mod conn;
@@ -35,6 +37,7 @@ pub(crate) mod ingress;
 pub mod mesh;
 pub(crate) mod msg;
 pub mod presence;
+pub(crate) mod reactor;
 pub(crate) mod routing;
 pub(crate) mod shared;
 pub(crate) mod write;
@@ -104,6 +107,8 @@ pub(crate) struct Shard {
     now: Cell<Instant>,
     /// Woken when the last connection is gone (graceful shutdown).
     drained: RefCell<Option<Waker>>,
+    /// The epoll set of the plain WebSocket connections (see [`reactor`]).
+    pub(crate) reactor: reactor::Reactor,
 }
 
 /// What the writer task should do next.
@@ -117,12 +122,13 @@ pub(crate) enum WriterPoll {
 }
 
 impl Shard {
-    pub(crate) fn new(id: ShardId, shared: Arc<Shared>) -> Rc<Self> {
+    pub(crate) fn new(id: ShardId, shared: Arc<Shared>) -> std::io::Result<Rc<Self>> {
         let tokens = crate::auth::ShardVerifier::new(shared.verifier.clone());
         let l = &shared.config.limits;
         let dedup = Dedup::new(std::time::Duration::from_millis(l.dedup_window_ms), l.dedup_capacity);
         let backlog = routing::Backlog::new(shared.mesh.shards());
-        Rc::new(Self {
+        let reactor = reactor::Reactor::new()?;
+        Ok(Rc::new(Self {
             id,
             metrics: shared.metrics[id.index()].clone(),
             shared,
@@ -142,7 +148,8 @@ impl Shard {
             latency_counter: Cell::new(0),
             now: Cell::new(Instant::now()),
             drained: RefCell::new(None),
-        })
+            reactor,
+        }))
     }
 
     /// The time of the current batch of work.
@@ -266,7 +273,7 @@ impl Shard {
     /// A write batch from the shard's pool: connections hold one only while
     /// they write, so an idle connection keeps no batch (and none of the
     /// capacity a burst gave it).
-    fn take_batch(&self) -> Box<write::WriteBatch> {
+    pub(crate) fn take_batch(&self) -> Box<write::WriteBatch> {
         self.batch_pool.borrow_mut().pop().unwrap_or_default()
     }
 
@@ -428,8 +435,8 @@ impl Shard {
                     let late = now.saturating_duration_since(since) >= close_deadline;
                     // Written and acknowledged by the peer: the lingering
                     // reader can stop.
-                    let done =
-                        c.tx.out.is_empty() && !c.writing && c.fd.is_some_and(|fd| unacknowledged_bytes(fd) == 0);
+                    let written = c.tx.out.is_empty() && !c.writing && c.plain.as_ref().is_none_or(|p| p.written());
+                    let done = written && c.fd.is_some_and(|fd| unacknowledged_bytes(fd) == 0);
                     if (late || done)
                         && let Some(fd) = c.fd.take()
                     {
@@ -462,6 +469,7 @@ impl Shard {
             self.close(id, code, reason);
         }
         self.flush_backlog();
+        self.flush_writes();
         let mesh = &self.shared.mesh;
         self.metrics.set_queue_depth((0..mesh.shards()).map(|s| mesh.depth(ShardId(s as u16), self.id)).sum());
     }

@@ -333,11 +333,14 @@ impl Shard {
             self.flush_answers(id);
         }
         dirty.clear();
-        let mut slot = self.dirty.borrow_mut();
-        if slot.is_empty() {
-            // Keep the allocation for the next batch.
-            *slot = dirty;
+        {
+            let mut slot = self.dirty.borrow_mut();
+            if slot.is_empty() {
+                // Keep the allocation for the next batch.
+                *slot = dirty;
+            }
         }
+        self.flush_writes();
     }
 
     /// Sends a message that must arrive (an answer the sender waits for, a

@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -101,6 +101,10 @@ pub(crate) fn now_unix_ms() -> u64 {
 
 /// Adopts a connection handed over by another shard.
 pub(crate) fn adopt(shard: &Rc<Shard>, h: Handoff) {
+    if h.tls.is_none() {
+        super::reactor::attach(shard, h.fd, h.upgrade, h.leftover, h.identity, h.peer, h.permit);
+        return;
+    }
     let std = std::net::TcpStream::from(h.fd);
     match TcpStream::from_std(std) {
         Ok(stream) => {
@@ -137,6 +141,14 @@ pub(crate) fn spawn_websocket(
     peer: SocketAddr,
     permit: ConnPermit,
 ) {
+    if io.tls.is_none() {
+        // Driven by the shard from now on (no tasks): out of the runtime.
+        let fd = io.stream.into_raw_fd();
+        // SAFETY: `into_raw_fd` gave up an open socket, now ours alone.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        super::reactor::attach(&shard, fd, upgrade, buf, identity, peer, permit);
+        return;
+    }
     let id = shard.register(identity.clone(), Protocol::WebSocket, peer);
     shard.push(id, Out::Raw(upgrade));
     let span = tracing::debug_span!("conn", shard = shard.id.0, conn = id.slot, user = %identity.user());
@@ -189,24 +201,7 @@ async fn read_websocket(mut st: Box<ReadState>) {
         if !std::mem::take(&mut first) {
             shard.seen(id, now);
         }
-        let mut open = true;
-        while open {
-            match decoder.decode(buf) {
-                Ok(Some((event, consumed))) => {
-                    let frame = buf.split_to(consumed).freeze();
-                    open = on_event(shard, id, event, frame, now, now_ms);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "websocket protocol error");
-                    shard.with_conn(id, |c| {
-                        c.tx.push(Out::Raw(ws::close_frame(e.close_code(), &e.to_string())));
-                        c.tx.set_closing(ErrorCode::MalformedFrame);
-                    });
-                    open = false;
-                }
-            }
-        }
+        let open = decode_frames(shard, id, &mut decoder, buf, now, now_ms);
         // At most one answer frame per read batch: the session collected
         // this batch's outcomes (and those of sends routed here).
         shard.flush_answers(id);
@@ -276,6 +271,39 @@ async fn linger(rd: &mut OwnedReadHalf<TcpStream>, mut sink: BytesMut) {
         sink = s;
         if matches!(res, Ok(0) | Err(_)) {
             return;
+        }
+    }
+}
+
+/// Hands the complete WebSocket frames at the start of `buf` to the shard,
+/// removing them; false once the connection closes (a frame that closes
+/// it, or a framing error): the bytes after that are not interpreted.
+pub(crate) fn decode_frames(
+    shard: &Shard,
+    id: ConnId,
+    decoder: &mut WsDecoder,
+    buf: &mut BytesMut,
+    now: Instant,
+    now_ms: u64,
+) -> bool {
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some((event, consumed))) => {
+                let frame = buf.split_to(consumed).freeze();
+                if !on_event(shard, id, event, frame, now, now_ms) {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket protocol error");
+                shard.with_conn(id, |c| {
+                    c.tx.push(Out::Raw(ws::close_frame(e.close_code(), &e.to_string())));
+                    c.tx.set_closing(ErrorCode::MalformedFrame);
+                    c.wake_writer();
+                });
+                return false;
+            }
         }
     }
 }
