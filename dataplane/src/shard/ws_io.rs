@@ -1,11 +1,12 @@
-//! WebSocket I/O of a registered connection: its reader task (decodes
-//! WebSocket messages and hands the protocol frames to the shard's
-//! [`ingress`](super::ingress)) and its writer task (writes the queue as
-//! vectored batches, or encrypted with TLS).
+//! WebSocket I/O of a registered connection. A plain connection is handed
+//! to its shard's [`reactor`](super::reactor) (no task of its own); a TLS
+//! connection gets a reader task (decrypts, decodes WebSocket messages and
+//! hands the protocol frames to the shard's [`ingress`](super::ingress))
+//! and a writer task (encrypts and writes the queue in batches).
 //!
-//! Received bytes stay in the connection's read buffer: a frame is split off
-//! it as a refcounted `Bytes`, the envelope is a slice of that, and the same
-//! slice is queued to every recipient.
+//! Received bytes stay in a read buffer: a frame is split off it as a
+//! refcounted `Bytes`, the envelope is a slice of that, and the same slice
+//! is queued to every recipient.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -36,44 +37,6 @@ use crate::tls::TlsSession;
 
 /// Bytes read per `read` call during the handshake and on TLS sockets.
 pub(crate) const READ_CHUNK: usize = 4096;
-
-/// Sizes the read buffer of a WebSocket connection: small while the
-/// connection is idle (an idle connection should cost little memory),
-/// doubling while reads fill it, shrinking back when traffic stops.
-#[derive(Debug)]
-struct ReadSizer {
-    chunk: usize,
-}
-
-impl ReadSizer {
-    const MIN: usize = 64;
-    const MAX: usize = 64 * 1024;
-
-    fn new() -> Self {
-        Self { chunk: Self::MIN }
-    }
-
-    /// Makes room for the next read; an empty, oversized buffer is
-    /// replaced by a small one (the old allocation lives on only while
-    /// queued deliveries still point into it).
-    fn prepare(&mut self, buf: &mut BytesMut) {
-        if buf.is_empty() && buf.capacity() > 2 * self.chunk {
-            *buf = BytesMut::with_capacity(self.chunk);
-        }
-        if buf.capacity() - buf.len() < self.chunk / 2 {
-            buf.reserve(self.chunk);
-        }
-    }
-
-    /// Adapts to how much the last read brought (`spare` bytes were free).
-    fn record(&mut self, n: usize, spare: usize) {
-        if n == spare {
-            self.chunk = (self.chunk * 2).min(Self::MAX);
-        } else if n < self.chunk / 4 {
-            self.chunk = (self.chunk / 2).max(Self::MIN);
-        }
-    }
-}
 
 /// The spare capacity of `buf`, after the bytes it holds, as a read target.
 ///
@@ -126,7 +89,8 @@ pub(crate) struct Socket {
 /// Registers an authenticated WebSocket connection on its owner shard,
 /// queues its upgrade response (so the connection can receive from the
 /// moment the client reads the 101: nothing is delivered before it is
-/// registered), and starts its reader and writer tasks.
+/// registered), and starts serving it: the shard's reactor for a plain
+/// connection, a reader and a writer task for a TLS one.
 ///
 /// The setup is synchronous so that the long-lived reader future holds only
 /// what the loop needs ([`ReadState`]): an async fn keeps its arguments and
@@ -141,22 +105,22 @@ pub(crate) fn spawn_websocket(
     peer: SocketAddr,
     permit: ConnPermit,
 ) {
-    if io.tls.is_none() {
+    let Socket { stream, tls, raw } = io;
+    let Some(tls) = tls else {
         // Driven by the shard from now on (no tasks): out of the runtime.
-        let fd = io.stream.into_raw_fd();
+        let fd = stream.into_raw_fd();
         // SAFETY: `into_raw_fd` gave up an open socket, now ours alone.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
         super::reactor::attach(&shard, fd, upgrade, buf, identity, peer, permit);
         return;
-    }
+    };
     let id = shard.register(identity.clone(), Protocol::WebSocket, peer);
     shard.push(id, Out::Raw(upgrade));
     let span = tracing::debug_span!("conn", shard = shard.id.0, conn = id.slot, user = %identity.user());
     span.in_scope(|| tracing::debug!(%peer, "connected"));
-    let Socket { stream, tls, raw } = io;
     let fd = stream.as_raw_fd();
     shard.with_conn(id, |c| c.fd = Some(fd));
-    let tls = tls.map(|t| Rc::new(RefCell::new(*t)));
+    let tls = Rc::new(RefCell::new(*tls));
     let (rd, wr) = stream.into_split();
     monoio::spawn(write_loop(shard.clone(), id, wr, fd, tls.clone()).instrument(span.clone()));
     // Unread bytes after the handshake are rare; without them, drop the
@@ -166,12 +130,12 @@ pub(crate) fn spawn_websocket(
     monoio::spawn(read_websocket(state).instrument(span));
 }
 
-/// What a WebSocket connection's reader keeps between reads.
+/// What a TLS WebSocket connection's reader keeps between reads.
 struct ReadState {
     shard: Rc<Shard>,
     id: ConnId,
     rd: OwnedReadHalf<TcpStream>,
-    tls: Option<Rc<RefCell<TlsSession>>>,
+    tls: Rc<RefCell<TlsSession>>,
     /// TLS records read, not yet decrypted.
     raw: BytesMut,
     /// Plaintext bytes read, not yet decoded into frames.
@@ -180,7 +144,7 @@ struct ReadState {
     _permit: ConnPermit,
 }
 
-/// The reader of a registered WebSocket connection, until it ends.
+/// The reader of a registered TLS WebSocket connection, until it ends.
 ///
 /// The state comes boxed and is only borrowed: an async fn stores its
 /// arguments and the locals they move into side by side, so a state moved
@@ -189,7 +153,6 @@ async fn read_websocket(mut st: Box<ReadState>) {
     let (shard, id, tls) = (&st.shard, st.id, &st.tls);
     let (rd, raw, buf) = (&mut st.rd, &mut st.raw, &mut st.buf);
     let mut decoder = WsDecoder::new(shard.shared.session.limits.max_frame_len());
-    let mut sizer = ReadSizer::new();
     let mut first = true;
     loop {
         // One clock read per batch of received bytes: it stamps the
@@ -211,22 +174,9 @@ async fn read_websocket(mut st: Box<ReadState>) {
             // frame, then sends FIN.
             buf.clear();
             raw.clear();
-            linger(rd, std::mem::take(if tls.is_some() { raw } else { buf })).await;
+            linger(rd, std::mem::take(raw)).await;
             break;
         }
-        let Some(tls) = tls else {
-            sizer.prepare(buf);
-            let spare = buf.capacity() - buf.len();
-            // The read's own future, awaited here (no wrapper future to
-            // store alongside it in this state).
-            let (res, slice) = rd.read(spare_capacity(std::mem::take(buf))).await;
-            *buf = slice.into_inner();
-            match res {
-                Ok(0) | Err(_) => break,
-                Ok(n) => sizer.record(n, spare),
-            }
-            continue;
-        };
         raw.clear();
         raw.reserve(READ_CHUNK);
         let (res, r) = rd.read(std::mem::take(raw)).await;
@@ -343,13 +293,7 @@ fn on_event(shard: &Shard, id: ConnId, event: WsEvent, frame: Bytes, now: Instan
 
 /// Writes a connection's queued frames in vectored batches (or, with TLS,
 /// encrypted into one buffer per batch).
-async fn write_loop(
-    shard: Rc<Shard>,
-    id: ConnId,
-    mut wr: impl AsyncWriteRent,
-    fd: i32,
-    tls: Option<Rc<RefCell<TlsSession>>>,
-) {
+async fn write_loop(shard: Rc<Shard>, id: ConnId, mut wr: impl AsyncWriteRent, fd: i32, tls: Rc<RefCell<TlsSession>>) {
     let mut batch: Option<Box<WriteBatch>> = None;
     let mut cipher = Vec::new();
     loop {
@@ -362,29 +306,19 @@ async fn write_loop(
             WriterPoll::Write => {
                 // Invariant: poll_writer returned Write after filling `batch`.
                 let mut b = batch.take().expect("a filled batch");
-                let ok = match &tls {
-                    None => {
-                        let (ok, back) = write_batch(&mut wr, b).await;
-                        b = back;
-                        ok
-                    }
-                    Some(tls) => {
-                        cipher.clear();
-                        let encrypted = {
-                            let mut session = tls.borrow_mut();
-                            let sent = b.try_for_each_chunk(|chunk| session.send(chunk));
-                            sent.and_then(|()| session.take_output(&mut cipher))
-                        };
-                        b.clear();
-                        encrypted.is_ok() && {
-                            // Boxed: the write_all future is larger than the
-                            // rest of this task's state, which every idle
-                            // connection would otherwise carry.
-                            let (res, c) = Box::pin(wr.write_all(std::mem::take(&mut cipher))).await;
-                            cipher = c;
-                            res.is_ok()
-                        }
-                    }
+                cipher.clear();
+                let encrypted = {
+                    let mut session = tls.borrow_mut();
+                    let sent = b.try_for_each_chunk(|chunk| session.send(chunk));
+                    sent.and_then(|()| session.take_output(&mut cipher))
+                };
+                b.clear();
+                let ok = encrypted.is_ok() && {
+                    // Boxed: the write_all future is larger than the rest of
+                    // this task's state.
+                    let (res, c) = Box::pin(wr.write_all(std::mem::take(&mut cipher))).await;
+                    cipher = c;
+                    res.is_ok()
                 };
                 shard.recycle_batch(b);
                 if !ok {
@@ -395,15 +329,13 @@ async fn write_loop(
                 shard.writer_flushed(id);
             }
             WriterPoll::Finish | WriterPoll::Pending => {
-                if let Some(tls) = &tls {
-                    cipher.clear();
-                    {
-                        let mut session = tls.borrow_mut();
-                        session.close();
-                        let _ = session.take_output(&mut cipher);
-                    }
-                    let _ = Box::pin(wr.write_all(std::mem::take(&mut cipher))).await;
+                cipher.clear();
+                {
+                    let mut session = tls.borrow_mut();
+                    session.close();
+                    let _ = session.take_output(&mut cipher);
                 }
+                let _ = Box::pin(wr.write_all(std::mem::take(&mut cipher))).await;
                 // FIN after the last byte. If the peer has not acknowledged
                 // everything yet, its side stays open (the reader drains it)
                 // until it has: the tick checks.
@@ -415,45 +347,5 @@ async fn write_loop(
                 return;
             }
         }
-    }
-}
-
-/// Writes the whole batch with `writev`; false if the socket failed. The
-/// batch moves into each write and comes back (owned buffers).
-async fn write_batch(wr: &mut impl AsyncWriteRent, mut batch: Box<WriteBatch>) -> (bool, Box<WriteBatch>) {
-    while !batch.is_empty() {
-        let (res, b) = wr.writev(batch).await;
-        batch = b;
-        match res {
-            Ok(n) if n > 0 => batch.advance(n),
-            _ => return (false, batch),
-        }
-    }
-    (true, batch)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn read_buffer_grows_under_load_and_shrinks_when_idle() {
-        let mut sizer = ReadSizer::new();
-        let mut buf = BytesMut::new();
-        sizer.prepare(&mut buf);
-        assert!(buf.capacity() >= ReadSizer::MIN && buf.capacity() < 2 * ReadSizer::MIN);
-        for _ in 0..10 {
-            let spare = buf.capacity() - buf.len();
-            sizer.record(spare, spare);
-        }
-        assert_eq!(sizer.chunk, ReadSizer::MAX);
-        buf.reserve(ReadSizer::MAX);
-        for _ in 0..10 {
-            sizer.record(10, 1000);
-        }
-        assert_eq!(sizer.chunk, ReadSizer::MIN);
-        buf.clear();
-        sizer.prepare(&mut buf);
-        assert!(buf.capacity() < 2 * ReadSizer::MIN, "idle buffer shrinks back");
     }
 }
