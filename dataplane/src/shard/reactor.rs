@@ -162,7 +162,9 @@ pub(crate) fn attach(
             fd,
             id,
             decoder,
-            partial: leftover,
+            // Without unread bytes, let the handshake's buffer go (an empty
+            // remainder would still pin its whole allocation).
+            partial: if leftover.is_empty() { BytesMut::new() } else { leftover },
             unwritten: None,
             flush: reactor.flush.clone(),
             queued: false,
