@@ -7,7 +7,6 @@
 //! carries the token.
 
 use std::fmt;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,7 +158,10 @@ impl fmt::Debug for Verifier {
 /// self`, so no lock is involved.
 pub struct ShardVerifier {
     verifier: Verifier,
-    /// `None` when `cache_size` is 0.
+    /// `None` when `cache_size` is 0. Grown as tokens come, not allocated
+    /// for `cache_size` up front (a table for 65,536 entries would be a
+    /// megabyte per shard before the first connection); the size bound is
+    /// kept by [`ShardVerifier::verify`].
     cache: Option<LruCache<[u8; 32], CacheEntry>>,
 }
 
@@ -171,7 +173,7 @@ struct CacheEntry {
 impl ShardVerifier {
     /// A shard's verifier with an empty cache of the configured size.
     pub fn new(verifier: Verifier) -> Self {
-        let cache = NonZeroUsize::new(verifier.inner.cache_size).map(LruCache::new);
+        let cache = (verifier.inner.cache_size > 0).then(LruCache::unbounded);
         Self { verifier, cache }
     }
 
@@ -201,6 +203,9 @@ impl ShardVerifier {
         let verified = self.verifier.verify_token(token, now_unix_secs)?;
         let identity = Arc::new(verified.identity);
         if let Some(cache) = &mut self.cache {
+            if cache.len() >= self.verifier.inner.cache_size {
+                cache.pop_lru();
+            }
             cache.put(key, CacheEntry { identity: Arc::clone(&identity), not_before: verified.not_before });
         }
         Ok(identity)
@@ -209,15 +214,8 @@ impl ShardVerifier {
     /// Installs a new key set (after [`Verifier::reload`]) and empties the
     /// cache, so tokens of removed keys stop working at once.
     pub fn set_verifier(&mut self, verifier: Verifier) {
-        let size = verifier.inner.cache_size;
+        self.cache = (verifier.inner.cache_size > 0).then(LruCache::unbounded);
         self.verifier = verifier;
-        match (&mut self.cache, NonZeroUsize::new(size)) {
-            (Some(cache), Some(size)) => {
-                cache.clear();
-                cache.resize(size);
-            }
-            (cache, size) => *cache = size.map(LruCache::new),
-        }
     }
 
     /// The verifier in use.
