@@ -220,7 +220,7 @@ impl Session {
             answers: Answers::default(),
             deliveries: Deliveries::default(),
             rooms: Vec::new(),
-            tokens: TokenBucket::new(config.send_rate_per_sec, config.send_burst, now),
+            tokens: TokenBucket::new(config.send_burst, now),
             last_seen: now,
             pinged: false,
             slow_since: None,
@@ -392,7 +392,7 @@ impl Session {
         if matches!(destination, Destination::Service(_)) {
             return refuse(self, out, ErrorCode::InvalidDestination, "service destinations are not routed yet");
         }
-        if !self.tokens.take(now) {
+        if !self.tokens.take(config.send_rate_per_sec, config.send_burst, now) {
             return refuse(self, out, ErrorCode::RateLimited, "send rate limit exceeded");
         }
         if !dedup.insert(user, id, now) {
@@ -646,27 +646,27 @@ impl Deliveries {
 /// Per-connection send rate limit.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
+    // The rate and the burst come from the configuration at each call: a
+    // session is kept small, and every connection has one.
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
-    /// A full bucket of `burst` tokens refilled at `rate_per_sec`.
-    pub fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self { rate: f64::from(rate_per_sec), burst, tokens: burst, last: now }
+    /// A full bucket of `burst` tokens.
+    pub fn new(burst: u32, now: Instant) -> Self {
+        Self { tokens: f64::from(burst.max(1)), last: now }
     }
 
-    /// Takes one token; false if the bucket is empty. Rate 0 = unlimited.
-    pub fn take(&mut self, now: Instant) -> bool {
-        if self.rate == 0.0 {
+    /// Takes one token, refilled at `rate_per_sec` up to `burst`; false if
+    /// the bucket is empty. Rate 0 = unlimited.
+    pub fn take(&mut self, rate_per_sec: u32, burst: u32, now: Instant) -> bool {
+        if rate_per_sec == 0 {
             return true;
         }
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.tokens = (self.tokens + dt * f64::from(rate_per_sec)).min(f64::from(burst.max(1)));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

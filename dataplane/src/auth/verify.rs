@@ -136,8 +136,9 @@ impl Verifier {
             Some(dev) => Some(DeviceId::parse(dev).map_err(|source| AuthError::InvalidClaim { claim: "dev", source })?),
             None => None,
         };
-        let identity = Identity::new(user, device, claims.roles.unwrap_or_default(), exp);
-        Ok(Verified { identity, not_before })
+        let mut identity = Identity::new(user, device, claims.roles.unwrap_or_default(), exp);
+        identity.not_before = not_before;
+        Ok(Verified { identity })
     }
 }
 
@@ -162,12 +163,7 @@ pub struct ShardVerifier {
     /// for `cache_size` up front (a table for 65,536 entries would be a
     /// megabyte per shard before the first connection); the size bound is
     /// kept by [`ShardVerifier::verify`].
-    cache: Option<LruCache<[u8; 32], CacheEntry>>,
-}
-
-struct CacheEntry {
-    identity: Arc<Identity>,
-    not_before: u64,
+    cache: Option<LruCache<[u8; 32], Arc<Identity>>>,
 }
 
 impl ShardVerifier {
@@ -190,15 +186,15 @@ impl ShardVerifier {
         if let Some(cache) = &mut self.cache
             && let Some(hit) = cache.get(&key)
         {
-            if hit.identity.is_expired(now_unix_secs, leeway) {
-                let exp = hit.identity.expires_at;
+            if hit.is_expired(now_unix_secs, leeway) {
+                let exp = hit.expires_at;
                 cache.pop(&key);
                 return Err(AuthError::Expired { exp });
             }
             if hit.not_before > now_unix_secs.saturating_add(leeway) {
                 return Err(AuthError::NotYetValid { nbf: hit.not_before });
             }
-            return Ok(Arc::clone(&hit.identity));
+            return Ok(Arc::clone(hit));
         }
         let verified = self.verifier.verify_token(token, now_unix_secs)?;
         let identity = Arc::new(verified.identity);
@@ -206,7 +202,7 @@ impl ShardVerifier {
             if cache.len() >= self.verifier.inner.cache_size {
                 cache.pop_lru();
             }
-            cache.put(key, CacheEntry { identity: Arc::clone(&identity), not_before: verified.not_before });
+            cache.put(key, Arc::clone(&identity));
         }
         Ok(identity)
     }
@@ -252,6 +248,8 @@ pub struct Identity {
     device: Option<Box<str>>,
     roles: Box<[Box<str>]>,
     expires_at: u64,
+    /// The token's `nbf` (0 without one), checked again on a cache hit.
+    not_before: u64,
 }
 
 impl Identity {
@@ -268,6 +266,7 @@ impl Identity {
             device: device.map(|d| d.as_str().into()),
             roles: roles.into_iter().map(Into::into).collect(),
             expires_at,
+            not_before: 0,
         }
     }
 
@@ -423,7 +422,6 @@ impl AuthError {
 
 struct Verified {
     identity: Identity,
-    not_before: u64,
 }
 
 /// The JOSE header fields read before choosing a key.

@@ -46,7 +46,8 @@ const OPCODE_PONG: u8 = 0xA;
 #[derive(Debug, Clone)]
 pub struct WsDecoder {
     max_message_len: usize,
-    partial: Option<Partial>,
+    /// Boxed: rare, and every connection holds a decoder.
+    partial: Option<Box<Partial>>,
 }
 
 /// A fragmented message in progress.
@@ -121,7 +122,7 @@ impl WsDecoder {
                 }
             }
             OpCode::Data(Data::Continue) => {
-                let so_far = match &self.partial {
+                let so_far = match self.partial.as_deref() {
                     Some(Partial::Binary(v)) => v.len(),
                     Some(Partial::Text(len)) => *len,
                     None => return Err(WsError::UnexpectedContinuation),
@@ -146,16 +147,16 @@ impl WsDecoder {
         let event = match header.opcode {
             OpCode::Data(Data::Binary) if header.is_final => WsEvent::Binary(payload),
             OpCode::Data(Data::Binary) => {
-                self.partial = Some(Partial::Binary(buf[payload].to_vec()));
+                self.partial = Some(Box::new(Partial::Binary(buf[payload].to_vec())));
                 WsEvent::Fragment
             }
             OpCode::Data(Data::Text) => {
                 if !header.is_final {
-                    self.partial = Some(Partial::Text(payload.len()));
+                    self.partial = Some(Box::new(Partial::Text(payload.len())));
                 }
                 WsEvent::Text
             }
-            OpCode::Data(Data::Continue) => match &mut self.partial {
+            OpCode::Data(Data::Continue) => match self.partial.as_deref_mut() {
                 Some(Partial::Binary(message)) => {
                     message.extend_from_slice(&buf[payload]);
                     if header.is_final {

@@ -38,7 +38,7 @@ pub(crate) struct Tx {
     /// [`CLOSE_DEADLINE`] is forced by the tick.
     closing_since: Option<Instant>,
     /// For HTTP requests: the answer, once it is known.
-    pub(crate) http: Option<HttpAnswer>,
+    pub(crate) http: Option<Box<HttpAnswer>>,
 }
 
 /// The [`Transmit`] a session writes into: a connection's [`Tx`], counting
@@ -59,8 +59,8 @@ impl Transmit for ConnTx<'_> {
             return;
         }
         self.tx.http = match reply {
-            Reply::Accepted(c) => Some(HttpAnswer::Accepted { outcome: c.outcome, recipients: 0 }),
-            Reply::Error(e) => Some(HttpAnswer::Error { code: e.code, reason: e.reason }),
+            Reply::Accepted(c) => Some(Box::new(HttpAnswer::Accepted { outcome: c.outcome, recipients: 0 })),
+            Reply::Error(e) => Some(Box::new(HttpAnswer::Error { code: e.code, reason: e.reason })),
             _ => return,
         };
     }
@@ -104,6 +104,15 @@ impl Tx {
     }
 }
 
+/// The wakers of a connection's tasks.
+#[derive(Default)]
+pub(crate) struct Wakers {
+    /// The writer task's (or, for an HTTP request, its task's).
+    pub(crate) writer: Option<Waker>,
+    /// Waiting for the writer to flush (the reader, before it unregisters).
+    pub(crate) flush_waiter: Option<Waker>,
+}
+
 /// A connection's state on its shard.
 pub(crate) struct Conn {
     pub(crate) identity: Arc<Identity>,
@@ -114,12 +123,11 @@ pub(crate) struct Conn {
     pub(crate) tx: Tx,
     /// In the shard's list of sessions with answers to flush.
     pub(crate) dirty: bool,
-    /// The writer task's waker.
-    pub(crate) writer: Option<Waker>,
     /// True while the writer holds a batch taken from the queue.
     pub(crate) writing: bool,
-    /// Waiting for the writer to flush (the reader, before it unregisters).
-    pub(crate) flush_waiter: Option<Waker>,
+    /// The tasks' wakers (TLS connections and HTTP requests; boxed: plain
+    /// connections, most of them, have no task).
+    pub(crate) wakers: Option<Box<Wakers>>,
     /// The socket, for forcing a close (WebSocket connections).
     pub(crate) fd: Option<i32>,
     /// The I/O state of a plain WebSocket connection, driven by the shard
@@ -138,9 +146,8 @@ impl Conn {
             session,
             tx: Tx::default(),
             dirty: false,
-            writer: None,
             writing: false,
-            flush_waiter: None,
+            wakers: None,
             fd: None,
             plain: None,
         }
@@ -160,7 +167,7 @@ impl Conn {
     /// writer task, or for a plain connection, a write at the end of the
     /// shard's current batch of work.
     pub(crate) fn wake_writer(&mut self) {
-        if let Some(w) = self.writer.take() {
+        if let Some(w) = self.wakers.as_mut().and_then(|w| w.writer.take()) {
             w.wake();
         } else if let Some(p) = self.plain.as_mut() {
             p.wake();
@@ -169,7 +176,7 @@ impl Conn {
 
     /// Wakes the task waiting for the queue to drain.
     pub(crate) fn wake_flush_waiter(&mut self) {
-        if let Some(w) = self.flush_waiter.take() {
+        if let Some(w) = self.wakers.as_mut().and_then(|w| w.flush_waiter.take()) {
             w.wake();
         }
     }

@@ -264,7 +264,7 @@ impl Shard {
             if c.is_closing() {
                 return WriterPoll::Finish;
             }
-            c.writer = Some(waker.clone());
+            c.wakers.get_or_insert_with(Default::default).writer = Some(waker.clone());
             WriterPoll::Pending
         })
         .unwrap_or(WriterPoll::Finish)
@@ -311,7 +311,7 @@ impl Shard {
             if c.tx.out.is_empty() && !c.writing {
                 Poll::Ready(())
             } else {
-                c.flush_waiter = Some(waker.clone());
+                c.wakers.get_or_insert_with(Default::default).flush_waiter = Some(waker.clone());
                 Poll::Pending
             }
         })
@@ -321,9 +321,9 @@ impl Shard {
     /// An HTTP request's answer, once it has arrived.
     pub(crate) fn poll_http_answer(&self, id: ConnId, waker: &Waker) -> Poll<Option<conn::HttpAnswer>> {
         self.with_conn(id, |c| match c.tx.http.take() {
-            Some(r) => Poll::Ready(Some(r)),
+            Some(r) => Poll::Ready(Some(*r)),
             None => {
-                c.writer = Some(waker.clone());
+                c.wakers.get_or_insert_with(Default::default).writer = Some(waker.clone());
                 Poll::Pending
             }
         })

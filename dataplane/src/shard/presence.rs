@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
+use smallvec::SmallVec;
+
 use super::ids::{ConnId, Member, ShardId};
 
 /// Seeded, stable hashing of names to owner shards.
@@ -47,7 +49,9 @@ impl Owners {
 /// Live connections of the users this shard owns.
 #[derive(Debug, Default)]
 pub struct Presence {
-    users: HashMap<Box<str>, Vec<Member>, foldhash::fast::RandomState>,
+    /// One connection (the usual case) is kept inline, without an
+    /// allocation of its own.
+    users: HashMap<Box<str>, SmallVec<[Member; 1]>, foldhash::fast::RandomState>,
     connections: usize,
 }
 
@@ -57,7 +61,7 @@ impl Presence {
         match self.users.get_mut(user) {
             Some(v) => v.push(conn),
             None => {
-                self.users.insert(user.into(), vec![conn]);
+                self.users.insert(user.into(), smallvec::smallvec![conn]);
             }
         }
         self.connections += 1;
@@ -81,7 +85,7 @@ impl Presence {
 
     /// The user's live connections (empty if offline).
     pub fn connections(&self, user: &str) -> &[Member] {
-        self.users.get(user).map_or(&[], Vec::as_slice)
+        self.users.get(user).map_or(&[], |v| v.as_slice())
     }
 
     /// Users online on this shard.

@@ -293,10 +293,10 @@ impl Shard {
                 forget = Some(c.identity.clone());
             }
             if c.protocol == Protocol::Http {
-                c.tx.http = Some(match result {
+                c.tx.http = Some(Box::new(match result {
                     Ok((outcome, recipients)) => HttpAnswer::Accepted { outcome, recipients },
                     Err((code, reason)) => HttpAnswer::Error { code, reason },
-                });
+                }));
                 c.wake_writer();
                 return false;
             }
