@@ -461,3 +461,54 @@ fn after_kill_9_unanswered_sends_resent_with_the_same_id_arrive_once() {
         assert_eq!(counts.get(&envelope_id(env)), Some(&1), "a resent envelope arrived other than once");
     }
 }
+
+/// The server's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[test]
+fn slow_consumers_are_closed_and_cost_bounded_memory() {
+    // Twenty receivers that never read, each offered 1.6 MB of 8 KB
+    // envelopes against a 256 KiB bound: the server holds at most the
+    // bound per receiver, closes each with slow-consumer (4402), and an
+    // unrelated pair keeps exchanging envelopes meanwhile.
+    let s = Server::builder().config("[limits]\noutbound_queue_bytes = 262144\nslow_consumer_grace_ms = 500\n").start();
+    let alice = s.user_on_shard("alice", 0);
+    let bob = s.user_on_shard("bob", 1);
+    let carol = s.user_on_shard("carol", 0);
+    let mut a = s.client(&alice);
+    let mut b = s.client(&bob);
+    let mut c = s.client(&carol);
+    let sloths: Vec<String> = (0..20).map(|i| s.user_on_shard(&format!("sloth{i}"), i % 2)).collect();
+    let mut held: Vec<Ws> = sloths.iter().map(|u| s.ws(u)).collect();
+    wait_for("everyone connected", || s.metric("connections") == 23);
+    let before = rss_bytes(s.pid());
+    for round in 0..200 {
+        for sloth in &sloths {
+            let env = envelope(&alice, &format!("user:{sloth}"), &[round as u8; 8 * 1024]);
+            match send_answer(&mut a, &env) {
+                Ok(Outcome::Delivered | Outcome::RecipientOffline) | Err(ErrorCode::RecipientBusy) => {}
+                other => panic!("send to {sloth}: {other:?}"),
+            }
+        }
+        // The unrelated pair is served throughout.
+        let env = envelope(&carol, &format!("user:{bob}"), format!("round {round}").as_bytes());
+        assert_eq!(send_answer(&mut c, &env), Ok(Outcome::Delivered), "round {round}");
+        assert!(recv(&mut b) == deliver_frame(&env), "bob's delivery in round {round}");
+        b.ack().expect("ack");
+    }
+    let growth = rss_bytes(s.pid()).saturating_sub(before);
+    assert!(growth < 32 << 20, "server grew {growth} bytes holding 20 bounded queues of 256 KiB");
+    wait_for("every sloth closed as slow", || s.metric("slow_consumer_disconnects_total") >= 20);
+    for (sloth, ws) in sloths.iter().zip(&mut held) {
+        let (code, _) = ws.close_code();
+        assert_eq!(code, ErrorCode::SlowConsumer.close_code(), "{sloth}");
+    }
+}
