@@ -209,8 +209,14 @@ pub(crate) async fn run(shard: Rc<Shard>) {
         if more.is_empty() {
             // relaxed = false: the runtime checks with poll(2) that the set
             // really has ready sockets before it wakes us.
-            if waiter.readable(false).await.is_err() {
-                return;
+            if let Err(e) = waiter.readable(false).await {
+                // EINTR from the readiness check (a signal) is not a reason
+                // to stop serving every plain connection of the shard.
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "waiting for the connection set failed; retrying");
+                    monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                continue;
             }
         }
         for id in more {
