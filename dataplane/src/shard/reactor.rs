@@ -53,6 +53,8 @@ pub(crate) struct Reactor {
     scratch: RefCell<BytesMut>,
     /// Connections with output to write, each once ([`PlainIo::queued`]).
     flush: Rc<RefCell<Vec<ConnId>>>,
+    /// The list [`Shard::flush_writes`] works through, kept for reuse.
+    flushing: RefCell<Vec<ConnId>>,
     /// Connections whose read loop was cut short this turn.
     more: RefCell<Vec<ConnId>>,
 }
@@ -107,6 +109,7 @@ impl Reactor {
             events: RefCell::new(vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS]),
             scratch: RefCell::new(BytesMut::new()),
             flush: Rc::new(RefCell::new(Vec::new())),
+            flushing: RefCell::new(Vec::new()),
             more: RefCell::new(Vec::new()),
         })
     }
@@ -409,17 +412,17 @@ impl Shard {
     /// batch of work: a read batch, a mesh batch, a tick).
     pub(crate) fn flush_writes(&self) {
         loop {
-            let ids = std::mem::take(&mut *self.reactor.flush.borrow_mut());
-            if ids.is_empty() {
-                return;
-            }
-            for id in ids {
-                self.with_conn(id, |c| {
-                    if let Some(p) = c.plain.as_mut() {
-                        p.queued = false;
-                    }
-                });
+            // Swapped with a spare list, so that no batch allocates.
+            let mut ids = std::mem::take(&mut *self.reactor.flushing.borrow_mut());
+            std::mem::swap(&mut ids, &mut *self.reactor.flush.borrow_mut());
+            let done = ids.is_empty();
+            for &id in &ids {
                 write(self, id);
+            }
+            ids.clear();
+            *self.reactor.flushing.borrow_mut() = ids;
+            if done {
+                return;
             }
         }
     }
@@ -439,6 +442,8 @@ fn write(shard: &Shard, id: ConnId) {
         let step = shard
             .with_conn(id, |c| {
                 let Some(p) = c.plain.as_mut() else { return Step::Done };
+                // Out of the flush list (or written before its turn there).
+                p.queued = false;
                 let mut batch = match p.unwritten.take() {
                     Some(b) => b,
                     None if c.tx.out.is_empty() => return Step::Done,
