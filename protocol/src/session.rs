@@ -20,7 +20,7 @@
 //! `accepted` entry that covers its sequence. Receivers acknowledge
 //! deliveries cumulatively by their implicit delivery sequence.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
@@ -676,96 +676,8 @@ impl TokenBucket {
     }
 }
 
-/// The envelope ids routed recently, by sender: a repeat is answered
-/// `duplicate` and not routed again. One per shard (every connection of a
-/// user lives on the user's owner shard).
-///
-/// Two generations, so that forgetting costs nothing per id: ids go into
-/// the current generation; once it holds `capacity` ids or is `window` old,
-/// it becomes the previous one and the old previous one is dropped whole.
-/// So every id is remembered for at least `window` and among at least the
-/// `capacity` most recent ones (at most twice both), with two hash probes
-/// per send and no per-id expiry.
-#[derive(Debug)]
-pub struct Dedup<S = std::hash::RandomState> {
-    /// Envelope id → hash of its sender.
-    current: HashMap<u128, u64, S>,
-    previous: HashMap<u128, u64, S>,
-    /// Hashes senders (one hasher for both generations).
-    senders: S,
-    /// When the current generation started (at its first id).
-    since: Option<Instant>,
-    window: Duration,
-    capacity: usize,
-}
-
-impl<S: BuildHasher + Default> Dedup<S> {
-    /// Remembers ids for at least `window`, among at least the `capacity`
-    /// most recent.
-    pub fn new(window: Duration, capacity: usize) -> Self {
-        Self {
-            current: HashMap::with_hasher(S::default()),
-            previous: HashMap::with_hasher(S::default()),
-            senders: S::default(),
-            since: None,
-            window,
-            capacity,
-        }
-    }
-}
-
-impl<S: BuildHasher> Dedup<S> {
-    /// Records `id` from `sender` at `now`; false if it was seen (from the
-    /// same sender) within the window.
-    pub fn insert(&mut self, sender: &str, id: EnvelopeId, now: Instant) -> bool {
-        if self.capacity == 0 || self.window.is_zero() {
-            return true;
-        }
-        let since = *self.since.get_or_insert(now);
-        if self.current.len() >= self.capacity || now.saturating_duration_since(since) >= self.window {
-            // The previous generation is dropped whole; its allocation is
-            // reused for the next one.
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.clear();
-            self.since = Some(now);
-        }
-        let key = u128::from_be_bytes(id.0);
-        let who = self.senders.hash_one(sender);
-        if let Some(&h) = self.previous.get(&key) {
-            // The same id from another sender is another envelope; the
-            // first sender keeps the entry.
-            return h != who;
-        }
-        match self.current.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => *e.get() != who,
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(who);
-                true
-            }
-        }
-    }
-
-    /// Forgets `id` (its send failed, so a retry must be routed).
-    pub fn remove(&mut self, sender: &str, id: EnvelopeId) {
-        let key = u128::from_be_bytes(id.0);
-        let who = self.senders.hash_one(sender);
-        for map in [&mut self.current, &mut self.previous] {
-            if map.get(&key) == Some(&who) {
-                map.remove(&key);
-            }
-        }
-    }
-
-    /// Ids remembered now.
-    pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
-    }
-
-    /// True if no id is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+mod dedup;
+pub use dedup::Dedup;
 
 #[cfg(test)]
 mod tests;
