@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side load test: Switchboard, Mosquitto and nats-server in turn,
 # each pinned to the same server core(s) with taskset, the generator on the
-# other cores, the same workloads, RUNS runs each: `pairs` (max, rate RATE,
+# other cores, the same workloads, RUNS rounds (each target once per round): `pairs` (max, rate RATE,
 # rate at half of max), `fanout` 1→FANOUT_K (max), `mesh` of MESH_USERS,
 # `connect` (handshake rate) and `idle` (IDLE_CONNS connections, memory per
 # connection, on a fresh server each run). Writes every run as a JSON line
@@ -182,50 +182,35 @@ run_idle() { # target (on a fresh server)
 
 has() { case " $WORKLOADS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-for target in $TARGETS; do
-  start_server "$target"
-  if has pairs; then
-    for i in $(seq 1 "$RUNS"); do
+# Rounds, not one target after another: this machine's speed drifts over
+# minutes (a peer measured ten minutes later can look 1.5x faster), so each
+# round runs every target once, in turn, on a fresh server.
+for i in $(seq 1 "$RUNS"); do
+  for target in $TARGETS; do
+    start_server "$target"
+    if has pairs; then
       run "$target" "max" --mode max --window "$WINDOW"
-    done
-    for i in $(seq 1 "$RUNS"); do
       run "$target" "rate-$RATE" --mode rate --rate "$RATE"
-    done
-    # Half of this server's median max throughput, measured above.
-    half=$(python3 - "$results" "$target" <<'PY'
+      # Half of this server's median max throughput so far.
+      half=$(python3 - "$results" "$target" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["target"] == sys.argv[2] and json.loads(l)["workload"] == "max"]
 print(int(statistics.median(r["delivered_per_s"] for r in rows) / 2))
 PY
 )
-    for i in $(seq 1 "$RUNS"); do
       run "$target" "rate-half-max" --mode rate --rate "$half"
-    done
-  fi
-  if has fanout; then
-    for i in $(seq 1 "$RUNS"); do
-      run_fanout "$target"
-    done
-  fi
-  if has mesh; then
-    for i in $(seq 1 "$RUNS"); do
-      run_mesh "$target"
-    done
-  fi
-  if has connect; then
-    for i in $(seq 1 "$RUNS"); do
-      run_connect "$target"
-    done
-  fi
-  stop_server
-  if has idle; then
-    # A fresh server per run: memory is measured from its idle state.
-    for i in $(seq 1 "$RUNS"); do
+    fi
+    if has fanout; then run_fanout "$target"; fi
+    if has mesh; then run_mesh "$target"; fi
+    if has connect; then run_connect "$target"; fi
+    stop_server
+    if has idle; then
+      # A fresh server: memory is measured from its idle state.
       start_server "$target"
       run_idle "$target"
       stop_server
-    done
-  fi
+    fi
+  done
 done
 
 # summary.md and index.html: tables of medians, one latency plot per workload
