@@ -245,6 +245,14 @@ impl<'a> Envelope<'a> {
         Ok(env)
     }
 
+    /// The id of what may be an envelope, read without verifying it: a
+    /// hint for work that can start early (prefetching its
+    /// de-duplication slot), never a basis for a decision. `None` if it
+    /// cannot be read.
+    pub fn peek_id(bytes: &[u8]) -> Option<EnvelopeId> {
+        verify::peek_id(bytes).map(EnvelopeId)
+    }
+
     /// Like [`parse`](Self::parse), but a failure also names the envelope's
     /// id when it could be read (the layout verified and the id is not nil),
     /// so that the answer to a bad envelope can say which one it was.

@@ -679,5 +679,16 @@ impl TokenBucket {
 mod dedup;
 pub use dedup::Dedup;
 
+/// If `frame` is a `send` frame, starts loading its de-duplication slot
+/// ([`Dedup::prefetch`]): for a frontend that decodes the next frame of a
+/// read batch before it hands in the current one. Checks nothing.
+pub fn prefetch_send<S: BuildHasher>(frame: &[u8], user: &str, dedup: &Dedup<S>) {
+    if frame.get(1) == Some(&(FrameType::Send as u8))
+        && let Some(id) = frame.get(crate::frame::FRAME_HEADER_LEN..).and_then(Envelope::peek_id)
+    {
+        dedup.prefetch(user, id);
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,13 @@ impl Shard {
         self.on_input(id, frame, Input::Frame, now, now_ms)
     }
 
+    /// Prefetches the de-duplication slot of `frame` if it is a `send`
+    /// of connection `id` (see `decode_frames`).
+    pub(crate) fn prefetch_send(&self, id: ConnId, frame: &[u8]) {
+        let dedup = self.dedup.borrow();
+        self.with_conn(id, |c| switchboard_protocol::session::prefetch_send(frame, c.identity.user().as_str(), &dedup));
+    }
+
     /// Handles one envelope sent outside a frame (`POST /send`).
     pub(crate) fn on_envelope(&self, id: ConnId, envelope: Bytes, no_answer: bool, now: Instant, now_ms: u64) {
         self.on_input(id, envelope, Input::Envelope { no_answer }, now, now_ms);

@@ -236,16 +236,28 @@ pub(crate) fn decode_frames(
     now: Instant,
     now_ms: u64,
 ) -> bool {
+    // One frame ahead: the next frame is decoded (and its de-duplication
+    // slot prefetched) before the current one is handled, so that the
+    // slot's cache miss overlaps the current frame's work. Only its
+    // WebSocket framing is looked at early; it is handled, in order, only
+    // if the current one leaves the connection open.
+    let mut ahead: Option<(WsEvent, Bytes)> = None;
     loop {
-        match decoder.decode(buf) {
+        let next = match decoder.decode(buf) {
             Ok(Some((event, consumed))) => {
                 let frame = buf.split_to(consumed).freeze();
-                if !on_event(shard, id, event, frame, now, now_ms) {
+                if let WsEvent::Binary(range) = &event {
+                    shard.prefetch_send(id, &frame[range.clone()]);
+                }
+                Some((event, frame))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                if let Some((event, frame)) = ahead.take()
+                    && !on_event(shard, id, event, frame, now, now_ms)
+                {
                     return false;
                 }
-            }
-            Ok(None) => return true,
-            Err(e) => {
                 tracing::debug!(error = %e, "websocket protocol error");
                 shard.with_conn(id, |c| {
                     c.tx.push(Out::Raw(ws::close_frame(e.close_code(), &e.to_string())));
@@ -254,6 +266,15 @@ pub(crate) fn decode_frames(
                 });
                 return false;
             }
+        };
+        if let Some((event, frame)) = ahead.take()
+            && !on_event(shard, id, event, frame, now, now_ms)
+        {
+            return false;
+        }
+        match next {
+            Some(n) => ahead = Some(n),
+            None => return true,
         }
     }
 }

@@ -199,6 +199,15 @@ fn rejects_a_misaligned_routing_header() {
 }
 
 #[test]
+fn peek_id_reads_the_id_of_a_valid_envelope_and_nothing_from_a_cut_one() {
+    let bytes = alice_to_bob().build().unwrap();
+    assert_eq!(Envelope::peek_id(&bytes), Some(id()));
+    assert_eq!(Envelope::peek_id(&bytes), Some(Envelope::parse(&bytes, &Limits::default()).unwrap().id()));
+    assert_eq!(Envelope::peek_id(&[]), None);
+    assert_eq!(Envelope::peek_id(&bytes[..8]), None);
+}
+
+#[test]
 fn flag_names_round_trip() {
     for (name, flag) in EnvelopeFlags::NAMES {
         assert_eq!(EnvelopeFlags::from_name(name), Some(flag));
@@ -215,6 +224,11 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = Envelope::parse(&bytes, &Limits::default());
+    }
+
+    #[test]
+    fn peek_id_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Envelope::peek_id(&bytes);
     }
 
     #[test]

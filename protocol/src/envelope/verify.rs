@@ -101,6 +101,22 @@ pub(super) fn entries(bytes: &[u8], slots: usize, len: usize) -> impl Iterator<I
     })
 }
 
+/// The id in the header of what may be an envelope, read without verifying
+/// anything else: every read is bounds-checked, and any inconsistency is
+/// `None`. Only a hint (for prefetching), never a basis for a decision.
+pub(super) fn peek_id(bytes: &[u8]) -> Option<[u8; 16]> {
+    let u32_at = |at: usize| bytes.get(at..)?.first_chunk::<4>().map(|b| u32::from_le_bytes(*b));
+    let table = usize::try_from(u32_at(0)?).ok()?;
+    let back = i32::from_le_bytes(*bytes.get(table..)?.first_chunk::<4>()?);
+    let vtable = usize::try_from(i64::try_from(table).ok()? - i64::from(back)).ok()?;
+    let slot = vtable.checked_add(usize::from(fb::SecureEnvelope::VT_HEADER))?;
+    let offset = u16::from_le_bytes(*bytes.get(slot..)?.first_chunk::<2>()?);
+    if offset == 0 {
+        return None;
+    }
+    bytes.get(table.checked_add(usize::from(offset))?..)?.first_chunk::<16>().copied()
+}
+
 /// A verification in progress.
 struct Walk<'a> {
     buf: &'a [u8],
